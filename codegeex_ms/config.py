@@ -215,6 +215,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             pass
     if annotation is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if annotation is str and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
+        return "on" if value else "off"
     if isinstance(value, bool) and annotation is not bool:
         raise ConfigError(f"{key}: expected {annotation.__name__}, got a boolean ({value})")
     if not isinstance(value, annotation):

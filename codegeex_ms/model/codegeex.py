@@ -1,0 +1,104 @@
+"""CodeGeeX as MindSpore Cells, with parameter names equal to the release's flattened keys.
+
+``CodeGeeX(cfg)`` maps token ids to FP32 logits; its parameters are named exactly like the
+release checkpoint below ``module`` (``language_model.transformer.layers.0.attention.query.weight``
+…), so loading the release is a rename-free copy.
+"""
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from codegeex_ms.model.layers import Embedding, LayerNorm
+from codegeex_ms.model.transformer import TransformerLayer
+
+
+class TokenEmbedding(nn.Cell):
+    """``word_embeddings[ids] + position_embeddings[pos]`` → [B, S, H], then dropout."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        args = (cfg.compute_dtype, cfg.param_dtype, cfg.init_std)
+        self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, *args)
+        self.position_embeddings = Embedding(cfg.max_position_embeddings, cfg.hidden_size, *args)
+        self.dropout = nn.Dropout(p=cfg.dropout)
+
+    def construct(self, input_ids, position_ids):
+        return self.dropout(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
+
+
+class TopQueryEmbedding(nn.Cell):
+    """The top-query layer's own position table: ``top_query_embeddings[pos]`` → [B, S, H]."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.top_query_embeddings = Embedding(cfg.max_position_embeddings, cfg.hidden_size,
+                                              cfg.compute_dtype, cfg.param_dtype, cfg.init_std)
+
+    def construct(self, position_ids):
+        return self.top_query_embeddings(position_ids)
+
+
+class Transformer(nn.Cell):
+    """``num_layers`` decoder layers, the final LayerNorm, then the top-query layer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.CellList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
+        self.topQueryLayer = TransformerLayer(cfg, top_query=True)  # pylint: disable=invalid-name
+        self.final_layernorm = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, cfg.compute_dtype,
+                                         cfg.param_dtype)
+
+    def construct(self, h, mask, query_emb, key_caches=None, value_caches=None, index=None):
+        cache = None
+        for i, layer in enumerate(self.layers):
+            if key_caches is not None:
+                cache = (key_caches[i], value_caches[i], index)
+            h = layer(h, mask, None, cache)
+        if key_caches is not None:
+            cache = (key_caches[-1], value_caches[-1], index)
+        return self.topQueryLayer(self.final_layernorm(h), mask, query_emb, cache)
+
+
+class LanguageModel(nn.Cell):
+    """Embeddings + transformer: ids, positions, mask [B,S,T] → hidden [B,S,H] (compute dtype)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.embedding = TokenEmbedding(cfg)
+        self.topQueryEmbedding = TopQueryEmbedding(cfg)  # pylint: disable=invalid-name
+        self.transformer = Transformer(cfg)
+        self.expand = ops.ExpandDims()
+
+    def construct(self, input_ids, position_ids, attention_mask, key_caches=None, value_caches=None,
+                  index=None):
+        mask = self.expand(attention_mask, 1)
+        h = self.embedding(input_ids, position_ids)
+        query_emb = self.topQueryEmbedding(position_ids)
+        return self.transformer(h, mask, query_emb, key_caches, value_caches, index)
+
+
+class CodeGeeX(nn.Cell):
+    """CodeGeeX with the output head tied to the word embedding.
+
+    ``construct(input_ids [B,S] int32, position_ids [B,S] int32, attention_mask [B,S,S])`` →
+    logits [B, S, vocab_size] FP32. The mask is 1 where a query may attend a key, 0 elsewhere.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.language_model = LanguageModel(cfg)
+        self.head = ops.MatMul(transpose_b=True)
+        self.cast = ops.Cast()
+        self.reshape = ops.Reshape()
+        self.compute_dtype = self.language_model.embedding.word_embeddings.out_dtype
+
+    def logits(self, hidden):
+        """Tied head: hidden [..., H] → FP32 logits [..., vocab_size]."""
+        table = self.cast(self.language_model.embedding.word_embeddings.weight, self.compute_dtype)
+        flat = self.reshape(self.cast(hidden, self.compute_dtype), (-1, self.config.hidden_size))
+        out = self.cast(self.head(flat, table), ms.float32)
+        return self.reshape(out, hidden.shape[:-1] + (self.config.vocab_size,))
+
+    def construct(self, input_ids, position_ids, attention_mask):
+        return self.logits(self.language_model(input_ids, position_ids, attention_mask))

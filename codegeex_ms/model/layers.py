@@ -1,0 +1,110 @@
+"""Basic Cells with the release's parameter names: Linear, LayerNorm, Embedding.
+
+Every Cell here keeps its parameters in ``param_dtype`` and computes in ``compute_dtype``
+(LayerNorm always in FP32). ``shard(...)`` sets MindSpore shard strategies (used only under
+semi-auto parallel) and ``shard_inputs(...)`` states the input shapes each sharded primitive
+sees, which the static plan checker (``codegeex_ms.parallel.checker``) verifies.
+"""
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, One, Zero, initializer
+
+DTYPE = {"float16": ms.float16, "float32": ms.float32}
+
+
+class Linear(nn.Cell):
+    """``y = x · Wᵀ + b`` over the last axis. ``weight`` [out, in], ``bias`` [out] (torch layout).
+
+    Input [..., in] in any float dtype; output [..., out] in ``compute_dtype``.
+    """
+
+    def __init__(self, in_features, out_features, compute_dtype="float32", param_dtype="float32",
+                 init_std=0.02):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(initializer(Normal(init_std), [out_features, in_features],
+                                            DTYPE[param_dtype]), name="weight")
+        self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[param_dtype]), name="bias")
+        self.compute_dtype = DTYPE[compute_dtype]
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.bias_add = ops.Add()
+        self.cast = ops.Cast()
+        self.reshape = ops.Reshape()
+
+    def shard_column(self, dp, mp):
+        """Split the output features over ``mp`` (q/k/v, dense_h_to_4h)."""
+        self.matmul.shard(((dp, 1), (mp, 1)))
+        self.bias_add.shard(((dp, mp), (mp,)))
+        self.split = {"weight": (mp, 1), "bias": (mp,)}
+        return self
+
+    def shard_row(self, dp, mp):
+        """Split the input features over ``mp``; the product is reduced (attention.dense, dense_4h_to_h)."""
+        self.matmul.shard(((dp, mp), (1, mp)))
+        self.bias_add.shard(((dp, 1), (1,)))
+        self.split = {"weight": (1, mp), "bias": (1,)}
+        return self
+
+    def shard_inputs(self, rows):
+        """Input shapes of the sharded primitives for ``rows`` flattened tokens."""
+        return {"matmul": [(rows, self.in_features), (self.out_features, self.in_features)],
+                "bias_add": [(rows, self.out_features), (self.out_features,)]}
+
+    def construct(self, x):
+        out_shape = x.shape[:-1] + (self.out_features,)
+        x = self.reshape(self.cast(x, self.compute_dtype), (-1, self.in_features))
+        y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
+        y = self.bias_add(y, self.cast(self.bias, self.compute_dtype))
+        return self.reshape(y, out_shape)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis in FP32; ``weight``/``bias`` [hidden]; output in ``out_dtype``."""
+
+    def __init__(self, hidden, eps=1e-5, out_dtype="float32", param_dtype="float32"):
+        super().__init__()
+        self.hidden = hidden
+        self.weight = Parameter(initializer(One(), [hidden], DTYPE[param_dtype]), name="weight")
+        self.bias = Parameter(initializer(Zero(), [hidden], DTYPE[param_dtype]), name="bias")
+        self.out_dtype = DTYPE[out_dtype]
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.cast = ops.Cast()
+
+    def shard(self, dp):
+        self.norm.shard(((dp, 1, 1), (1,), (1,)))
+        self.split = {"weight": (1,), "bias": (1,)}
+        return self
+
+    def shard_inputs(self, batch, seq):
+        return {"norm": [(batch, seq, self.hidden), (self.hidden,), (self.hidden,)]}
+
+    def construct(self, x):
+        y, _, _ = self.norm(self.cast(x, ms.float32), self.cast(self.weight, ms.float32),
+                            self.cast(self.bias, ms.float32))
+        return self.cast(y, self.out_dtype)
+
+
+class Embedding(nn.Cell):
+    """Lookup table ``weight`` [rows, hidden]; ids [B, S] int32 → [B, S, hidden] in ``out_dtype``."""
+
+    def __init__(self, rows, hidden, out_dtype="float32", param_dtype="float32", init_std=0.02):
+        super().__init__()
+        self.rows, self.hidden = rows, hidden
+        self.weight = Parameter(initializer(Normal(init_std), [rows, hidden], DTYPE[param_dtype]),
+                                name="weight")
+        self.out_dtype = DTYPE[out_dtype]
+        self.gather = ops.Gather()
+        self.cast = ops.Cast()
+
+    def shard(self, dp, rows_split=1):
+        """Split the table by rows over ``rows_split`` (vocabulary parallel), ids by batch."""
+        self.gather.shard(((rows_split, 1), (dp, 1)))
+        self.split = {"weight": (rows_split, 1)}
+        return self
+
+    def shard_inputs(self, batch, seq):
+        return {"gather": [(self.rows, self.hidden), (batch, seq)]}
+
+    def construct(self, ids):
+        return self.cast(self.gather(self.weight, ids, 0), self.out_dtype)
