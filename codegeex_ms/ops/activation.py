@@ -15,5 +15,9 @@ class FastGelu(nn.Cell):
         self.fast_gelu.shard(strategy)
         return self
 
+    def shard_inputs(self, x_shape):
+        """Input shapes of the sharded primitives for an input of ``x_shape``."""
+        return {"fast_gelu": [x_shape]}
+
     def construct(self, x):
         return self.fast_gelu(x)

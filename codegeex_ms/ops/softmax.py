@@ -33,6 +33,11 @@ class MaskedSoftmax(nn.Cell):
         self.softmax.shard(((dp, mp, 1, 1),))
         return self
 
+    def shard_inputs(self, scores_shape, mask_shape):
+        """Input shapes of the sharded primitives for the given scores and mask shapes."""
+        return {"mul": [scores_shape, ()], "mask_sub": [(), mask_shape], "penalty": [mask_shape, ()],
+                "sub": [scores_shape, mask_shape], "softmax": [scores_shape]}
+
     def construct(self, scores, mask):
         out_dtype = scores.dtype
         x = self.mul(self.cast(scores, ms.float32), self.scale)
