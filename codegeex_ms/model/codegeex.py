@@ -93,6 +93,10 @@ class CodeGeeX(nn.Cell):
         self.reshape = ops.Reshape()
         self.compute_dtype = self.language_model.embedding.word_embeddings.out_dtype
 
+    def shard_inputs(self, rows):
+        h = self.config.hidden_size
+        return {"head": [(rows, h), (self.config.vocab_size, h)]}
+
     def logits(self, hidden):
         """Tied head: hidden [..., H] → FP32 logits [..., vocab_size]."""
         table = self.cast(self.language_model.embedding.word_embeddings.weight, self.compute_dtype)

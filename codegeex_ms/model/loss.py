@@ -39,8 +39,9 @@ class CrossEntropy(nn.Cell):
 
     def shard_inputs(self, rows):
         full = (rows, self.vocab_size)
+        # OneHot's strategy describes its output [rows, vocab], not its 1-D index input.
         return {"max": [full], "sub": [full, (rows, 1)], "exp": [full], "sum_exp": [full],
-                "onehot": [(rows,), (), ()], "mul": [full, full], "pick": [full]}
+                "onehot": [full, (), ()], "mul": [full, full], "pick": [full]}
 
     def construct(self, logits, labels, mask):
         logits = self.cast(logits, ms.float32)

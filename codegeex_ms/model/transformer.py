@@ -54,8 +54,10 @@ class Attention(nn.Cell):
     def shard_inputs(self, batch, seq):
         n, d = self.num_heads, self.head_dim
         heads = (batch, n, seq, d)
+        scores = (batch, n, seq, seq)
         return {"transpose": [(batch, seq, n, d)], "merge_transpose": [heads],
-                "scores": [heads, heads], "context": [(batch, n, seq, seq), heads]}
+                "scores": [heads, heads], "context": [scores, heads],
+                "softmax": [scores, (batch, 1, seq, seq)]}
 
     def _split_heads(self, x):
         b, s, _ = x.shape

@@ -1,0 +1,6 @@
+"""Megatron-style shard plan for semi-auto parallel, and its static checker."""
+
+from codegeex_ms.parallel.shard_plan import apply_shard_plan, parameter_splits
+from codegeex_ms.parallel.checker import PlanError, check_shard_plan
+
+__all__ = ["apply_shard_plan", "parameter_splits", "PlanError", "check_shard_plan"]
