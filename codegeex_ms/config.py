@@ -80,6 +80,7 @@ class TrainConfig:
     micro_batch_size: int = 16        # sequences per data-parallel rank per micro-step
     seq_length: int = 2048
     grad_accumulation: int = 1
+    global_batch_size: int = 0        # 0 = micro_batch_size × data_parallel × grad_accumulation
     lr: float = 1e-4
     min_lr: float = 1e-6
     warmup_steps: int = 2000
@@ -308,6 +309,11 @@ def validate(cfg: Config) -> None:
     _require(t.micro_batch_size % p.micro_batches == 0 if p.pipeline_stages > 1 else True,
              "train.micro_batch_size", f"must be divisible by parallel.micro_batches ({p.micro_batches})")
     _require(t.grad_accumulation >= 1, "train.grad_accumulation", "must be >= 1")
+    per_step = t.micro_batch_size * p.data_parallel * t.grad_accumulation
+    _require(t.global_batch_size in (0, per_step), "train.global_batch_size",
+             f"must equal train.micro_batch_size × parallel.data_parallel × train.grad_accumulation "
+             f"= {t.micro_batch_size} × {p.data_parallel} × {t.grad_accumulation} = {per_step} "
+             f"(or be 0 to derive it)")
     _require(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr={t.lr}]")
     _require(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     _require(t.decay_steps > t.warmup_steps, "train.decay_steps",
@@ -325,7 +331,8 @@ def validate(cfg: Config) -> None:
 
 def global_batch_size(cfg: Config) -> int:
     """Sequences per optimizer step: micro-batch × data-parallel × accumulation."""
-    return cfg.train.micro_batch_size * cfg.parallel.data_parallel * cfg.train.grad_accumulation
+    return cfg.train.global_batch_size or (
+        cfg.train.micro_batch_size * cfg.parallel.data_parallel * cfg.train.grad_accumulation)
 
 
 # ---------------------------------------------------------------------------------------------
