@@ -126,7 +126,7 @@ class InferenceConfig:
     top_k: int = 0
     top_p: float = 0.95
     batch_size: int = 1
-    max_length: int = 2048            # KV-cache slots: prompt + new tokens never exceed this
+    max_length: int = 0               # prompt + new tokens limit; 0 = model.max_position_embeddings
 
 
 @dataclass
@@ -323,8 +323,8 @@ def validate(cfg: Config) -> None:
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
 
     inf = cfg.inference
-    _require(inf.max_length <= m.max_position_embeddings, "inference.max_length",
-             f"must not exceed model.max_position_embeddings ({m.max_position_embeddings})")
+    _require(0 <= inf.max_length <= m.max_position_embeddings, "inference.max_length",
+             f"must be in [0, model.max_position_embeddings={m.max_position_embeddings}]")
     _require(inf.temperature >= 0, "inference.temperature", "must be >= 0")
     _require(0 < inf.top_p <= 1, "inference.top_p", "must be in (0, 1]")
 
