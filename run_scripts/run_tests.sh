@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash run_scripts/setup.sh
-export MS_LOG_LEVEL=${MS_LOG_LEVEL:-3}   # MindSpore: errors only
+export GLOG_v=${GLOG_v:-3}   # MindSpore C++ log: errors only
 exec .venv/bin/python -m pytest -q tests "$@"
