@@ -1,0 +1,114 @@
+"""Convert CodeGeeX checkpoints between the PyTorch release (.pt), MindSpore .ckpt and .safetensors.
+
+    python -m codegeex_ms.convert --input codegeex_13b.pt --output codegeex_13b.ckpt
+
+The input format is detected from its content, the output format from ``--format`` or the output
+extension. Model sizes are inferred from the tensor shapes and the names/shapes checked against
+the release layout before anything is written. One tensor is in memory at a time; the output
+appears only when complete.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+from .checkpoint import dtypes
+from .checkpoint.base import TensorInfo
+from .checkpoint.errors import CheckpointError
+from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_layout
+from .checkpoint.sources import open_weights
+from .checkpoint.writers import FORMATS, output_format, write_checkpoint
+
+DTYPES = ("float16", "float32")
+
+
+def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype: Optional[str] = None,
+                       from_ms17: Optional[bool] = None, num_heads: Optional[int] = None,
+                       progress: bool = False) -> ModelSizes:
+    """Convert ``input_path`` to ``output_path`` in the release layout; return the inferred sizes.
+
+    ``fmt``: "ckpt", "safetensors" or "pt" (default: from the output extension). ``dtype``:
+    "float16"/"float32" to cast every tensor, None to keep the stored dtypes. ``from_ms17``: force
+    (True) the MindSpore 1.7 name mapping; None detects it. ``num_heads`` (default hidden/128)
+    is stored as metadata ``num_attention_heads`` in .ckpt/.safetensors outputs.
+    Raises LayoutMismatchError (all problems at once) if the input is not the release layout.
+    """
+    fmt = output_format(output_path, fmt)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise ValueError(f"input and output are the same file ({output_path}); choose another output path.")
+    with open_weights(input_path, from_ms17) as weights:
+        shapes = {name: info.shape for name, info in weights.infos.items()}
+        sizes = infer_sizes(shapes, num_heads)
+        layout = release_layout(sizes)
+        check_layout(shapes, layout, what=str(input_path))
+        infos = {name: TensorInfo(shape, dtype or weights.infos[name].dtype) for name, shape in layout.items()}
+        metadata = {}
+        if sizes.num_attention_heads is not None:
+            metadata["num_attention_heads"] = str(sizes.num_attention_heads)
+
+        def tensors():
+            for name, info in infos.items():
+                yield name, weights.read(name).astype(dtypes.np_dtype(info.dtype), copy=False)
+
+        write_checkpoint(output_path, infos, tensors(), fmt, metadata, progress)
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="python -m codegeex_ms.convert",
+        description=__doc__.split("\n\n", 1)[0],
+        epilog="Examples:\n"
+               "  python -m codegeex_ms.convert --input codegeex_13b.pt --output codegeex_13b.ckpt\n"
+               "  python -m codegeex_ms.convert --input codegeex_13b.pt --output w.safetensors --dtype float32\n"
+               "  python -m codegeex_ms.convert --input codegeex_13b.ckpt --output codegeex_13b.pt\n"
+               "  python -m codegeex_ms.convert --input ms17_merged.ckpt --output codegeex_13b.ckpt --from-ms17\n"
+               "Peak memory is about one tensor (the largest, the word embedding, is 0.5 GiB in FP16 "
+               "for 13B), so a 26 GB checkpoint converts on a 24 GiB machine.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="checkpoint to read: PyTorch zip .pt (release layout, or a state dict with the "
+                             "same names), MindSpore .ckpt or .safetensors; detected from the content")
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="file to write; written to a temporary file in the same directory and renamed "
+                             "when complete")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="output format (default: from the output extension .ckpt/.safetensors/.pt)")
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help="cast every tensor to this dtype (default: keep the stored dtypes; the "
+                             "release is float16)")
+    parser.add_argument("--from-ms17", action="store_true",
+                        help="the input uses the parameter names of the original MindSpore 1.7 training code "
+                             "(backbone.*; auto-detected otherwise); optimizer moments are ignored")
+    parser.add_argument("--num-heads", type=int, metavar="N",
+                        help="number of attention heads, stored as metadata in .ckpt/.safetensors "
+                             "(default: hidden size / 128, i.e. 40 for 13B)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        sizes = convert_checkpoint(args.input, args.output, args.format, args.dtype,
+                                   True if args.from_ms17 else None, args.num_heads, progress=not args.quiet)
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {sizes.num_layers} layers + top-query layer, hidden {sizes.hidden_size}, "
+          f"FFN {sizes.ffn_hidden_size}, vocab rows {sizes.vocab_size}, positions "
+          f"{sizes.max_position_embeddings}, heads {sizes.num_attention_heads}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
