@@ -49,13 +49,17 @@ class CachedDecoder(nn.Cell):
         layers = cfg.num_layers + 1
         self.key_caches = ParameterTuple([make("key", i) for i in range(layers)])
         self.value_caches = ParameterTuple([make("value", i) for i in range(layers)])
-        self.gather_last = ops.Gather()
+        self._reorder = _CacheReorder(self.key_caches, self.value_caches)
 
     def construct(self, input_ids, position_ids, attention_mask, index):
         hidden = self.model.language_model(input_ids, position_ids, attention_mask,
                                            self.key_caches, self.value_caches, index)
         last = hidden[:, -1:, :]
         return self.model.logits(last)[:, 0, :]
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: make cache row ``i`` a copy of row ``rows[i]`` for every layer."""
+        self._reorder(Tensor(rows, ms.int32))
 
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
              start: int) -> np.ndarray:
@@ -65,3 +69,18 @@ class CachedDecoder(nn.Cell):
         out = self(Tensor(input_ids, ms.int32), Tensor(position_ids, ms.int32),
                    Tensor(attention_mask, ms.float32), Tensor(index))
         return out.asnumpy()
+
+
+class _CacheReorder(nn.Cell):
+    """Gathers the batch rows of every cache tensor in place."""
+
+    def __init__(self, key_caches, value_caches):
+        super().__init__()
+        self.caches = key_caches + value_caches
+        self.gather = ops.Gather()
+        self.assign = ops.Assign()
+
+    def construct(self, rows):
+        for cache in self.caches:
+            self.assign(cache, self.gather(cache, rows, 0))
+        return rows

@@ -1,0 +1,73 @@
+"""Choosing the next token from FP32 logits on the host (reference section 6).
+
+Order when sampling: temperature, then top-k, then top-p (nucleus), then draw. Vocabulary rows
+at or above ``real_vocab_size`` (padding rows) are never chosen.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """``temperature == 0`` means greedy. ``top_k == 0`` and ``top_p == 1`` disable those filters."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def mask_padding_rows(logits: np.ndarray, real_vocab_size: int) -> np.ndarray:
+    """Copy of ``logits`` [B, V] with padding rows (ids >= real_vocab_size) set to -inf."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out[:, real_vocab_size:] = -np.inf
+    return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (rows of -inf stay -inf)."""
+    x = logits.astype(np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+def filtered_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Probabilities [B, V] after temperature, top-k and top-p (rows sum to 1)."""
+    x = logits.astype(np.float64) / params.temperature
+    if params.top_k and params.top_k < x.shape[-1]:
+        kth = np.partition(x, -params.top_k, axis=-1)[:, -params.top_k][:, None]
+        x = np.where(x < kth, -np.inf, x)
+    probs = np.exp(x - x.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the token crossing it is kept)
+        drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= params.top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                real_vocab_size: int) -> np.ndarray:
+    """Pick one token per row of ``logits`` [B, V]; returns int32 [B]."""
+    logits = mask_padding_rows(logits, real_vocab_size)
+    if params.temperature == 0.0:
+        return np.argmax(logits, axis=-1).astype(np.int32)
+    probs = filtered_probs(logits, params)
+    u = rng.random((probs.shape[0], 1))
+    picks = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
+    last_allowed = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)  # rounding guard
+    return np.minimum(picks, last_allowed).astype(np.int32)
