@@ -26,5 +26,12 @@ class FastGelu(nn.Cell):
             self.fast_gelu_grad.shard((strategy[0], strategy[0]))
         return self
 
+    def shard_inputs(self, x_shape):
+        """Input shapes of the sharded primitives for an input of ``x_shape``."""
+        shapes = {"fast_gelu": [x_shape]}
+        if self.fast_gelu_grad is not None:
+            shapes["fast_gelu_grad"] = [x_shape, x_shape]
+        return shapes
+
     def construct(self, x):
         return self.fast_gelu(x)

@@ -46,6 +46,15 @@ class MaskedSoftmax(nn.Cell):
         self.softmax.shard(((dp, mp, 1, 1),))
         return self
 
+    def shard_inputs(self, scores_shape, mask_shape):
+        """Input shapes of the sharded primitives for the given scores and mask shapes."""
+        shapes = {"mul": [scores_shape, ()], "mask_sub": [(), mask_shape], "penalty": [mask_shape, ()],
+                  "sub": [scores_shape, mask_shape], "softmax": [scores_shape]}
+        if self.is_fused:
+            shapes["fused_softmax"] = [scores_shape, mask_shape, (1,)]
+            shapes["fused_softmax_grad"] = [scores_shape, scores_shape, (1,)]
+        return shapes
+
     def construct(self, scores, mask):
         if self.is_fused:
             return self.fused_softmax(scores, mask, self.scale_tensor)

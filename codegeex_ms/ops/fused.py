@@ -1,0 +1,174 @@
+"""The fused kernels as trainable ``ops.Custom`` primitives, chosen by device target.
+
+``fused_fast_gelu(mode)`` and ``fused_masked_softmax(mode)`` return a ``FusedOp`` (forward and
+backward primitives, the forward carrying a ``bprop``) or ``None`` when the built-in operators
+should be used:
+
+- ``"off"``: always ``None``;
+- ``"auto"``: the kernel of the current device target if it can be built/loaded, else ``None``
+  with a one-line notice (logged once per kernel and reason);
+- ``"on"``: the kernel, or ``RuntimeError`` saying why it is unavailable.
+
+Primitives must be created in a Cell's ``__init__`` (graph mode cannot create them in
+``construct``).
+"""
+
+import logging
+from typing import NamedTuple, Optional
+
+import mindspore as ms
+from mindspore import ops
+
+from codegeex_ms.ops import kernel_build
+
+MODES = ("auto", "on", "off")
+FLOAT_TYPES = (ms.float16, ms.float32)
+MASK_TYPES = (ms.float16, ms.float32, ms.uint8, ms.bool_)
+ASCEND_OP_NAMES = {
+    "fast_gelu": ("FastGeluCustom", "FastGeluGradCustom"),
+    "masked_softmax": ("MaskedSoftmaxCustom", "MaskedSoftmaxGradCustom"),
+}
+CPU_GPU_SYMBOLS = {
+    "fast_gelu": ("FastGeluForward", "FastGeluBackward"),
+    "masked_softmax": ("MaskedSoftmaxForward", "MaskedSoftmaxBackward"),
+}
+
+logger = logging.getLogger("codegeex_ms")
+_NOTICES = set()
+
+
+class FusedOp(NamedTuple):
+    """A fused kernel's forward primitive (trainable through its bprop) and backward primitive."""
+
+    forward: ops.Custom
+    backward: ops.Custom
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"fused={mode!r} is not one of {MODES} (config key model.fused_kernels)")
+    return mode
+
+
+def _notice_once(message: str) -> None:
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        logger.warning(message)
+
+
+def _func_names(kernel: str, target: str) -> tuple:
+    """``ops.Custom`` ``func`` strings of the kernel's forward and backward (builds on first use)."""
+    location = kernel_build.locate(kernel, target)
+    if target == "Ascend":
+        return ASCEND_OP_NAMES[kernel]
+    return tuple(f"{location}:{symbol}" for symbol in CPU_GPU_SYMBOLS[kernel])
+
+
+def _resolve(kernel: str, mode: str) -> Optional[tuple]:
+    """``func`` strings per ``mode``, or None for the built-in operators."""
+    if check_mode(mode) == "off":
+        return None
+    target = ms.get_context("device_target")
+    try:
+        return _func_names(kernel, target)
+    except kernel_build.KernelUnavailable as err:
+        reason = str(err).splitlines()[0]
+        if mode == "on":
+            raise RuntimeError(f"fused {kernel} kernel requested (fused='on') but unavailable on {target}: {err}\n"
+                               "Set model.fused_kernels to 'auto' or 'off' to use built-in operators.") from err
+        _notice_once(f"codegeex_ms: fused {kernel} kernel unavailable on {target} ({reason}); "
+                     "using built-in operators")
+        return None
+
+
+# ------------------------------------------------------------------------------- FastGELU
+
+def _elem(dtype):
+    """Element type of an infer-time dtype (``Tensor[Float32]`` → ``Float32``)."""
+    return dtype.element_type() if hasattr(dtype, "element_type") else dtype
+
+
+def _same_shape(x_shape, *_):
+    return x_shape
+
+
+def _gelu_dtype(x_dtype, *_):
+    if _elem(x_dtype) not in FLOAT_TYPES:
+        raise TypeError(f"fused FastGELU supports float16/float32 inputs, got {x_dtype}; "
+                        "use fused='off' for other dtypes")
+    return x_dtype
+
+
+def fused_fast_gelu(mode: str) -> Optional[FusedOp]:
+    """FastGELU ``y = x * sigmoid(1.702 x)`` on any shape (FP16/FP32, FP32 math), or None."""
+    names = _resolve("fast_gelu", mode)
+    if names is None:
+        return None
+    backward = ops.Custom(names[1], out_shape=_same_shape, out_dtype=_gelu_dtype, func_type="aot")
+
+    def bprop(x, out, dout):  # pylint: disable=unused-argument
+        return (backward(x, dout),)
+
+    forward = ops.Custom(names[0], out_shape=_same_shape, out_dtype=_gelu_dtype, func_type="aot", bprop=bprop)
+    return FusedOp(forward, backward)
+
+
+# ------------------------------------------------------------------------- masked softmax
+
+def _softmax_shape(scores_shape, mask_shape, scale_shape):
+    """Scores [B,N,S,T]; mask [B or 1, N or 1, S, T]; scale [1]. Unknown dims (< 0) pass."""
+    if len(scores_shape) != 4 or len(mask_shape) != 4:
+        raise ValueError(f"fused masked softmax needs 4-D scores [B,N,S,T] and mask [B,1,S,T], got "
+                         f"{tuple(scores_shape)} and {tuple(mask_shape)}")
+    for axis, (s, m) in enumerate(zip(scores_shape, mask_shape)):
+        ok = s < 0 or m < 0 or m == s or (axis < 2 and m == 1)
+        if not ok:
+            raise ValueError(f"mask shape {tuple(mask_shape)} does not broadcast to scores "
+                             f"{tuple(scores_shape)} (axis {axis}); expected [B or 1, 1, S, T]")
+    if list(scale_shape) not in ([1], [-1]):
+        raise ValueError(f"scale must be a [1] float32 tensor, got shape {tuple(scale_shape)}")
+    return scores_shape
+
+
+def _softmax_dtype(scores_dtype, mask_dtype, scale_dtype):
+    if _elem(scores_dtype) not in FLOAT_TYPES:
+        raise TypeError(f"fused masked softmax supports float16/float32 scores, got {scores_dtype}")
+    if _elem(mask_dtype) not in MASK_TYPES:
+        raise TypeError(f"fused masked softmax supports float16/float32/uint8/bool masks, got {mask_dtype}; "
+                        "cast the mask first")
+    if _elem(scale_dtype) != ms.float32:
+        raise TypeError(f"scale must be float32, got {scale_dtype}")
+    return scores_dtype
+
+
+def _softmax_grad_shape(y_shape, dy_shape, scale_shape):  # pylint: disable=unused-argument
+    return y_shape
+
+
+def _softmax_grad_dtype(y_dtype, dy_dtype, scale_dtype):  # pylint: disable=unused-argument
+    if _elem(y_dtype) not in FLOAT_TYPES or _elem(dy_dtype) != _elem(y_dtype):
+        raise TypeError(f"fused masked softmax grad needs matching float16/float32 y and dy, "
+                        f"got {y_dtype} and {dy_dtype}")
+    return y_dtype
+
+
+def fused_masked_softmax(mode: str) -> Optional[FusedOp]:
+    """``softmax(scores * scale - 10000 * (1 - mask))`` with FP32 math, or None.
+
+    Forward inputs: scores [B,N,S,T] (FP16/FP32), mask [B|1, N|1, S, T] (float/uint8/bool),
+    scale [1] FP32; output in the scores' dtype. Backward: (y, dy, scale) → dx. The mask and the
+    scale get zero gradients.
+    """
+    names = _resolve("masked_softmax", mode)
+    if names is None:
+        return None
+    backward = ops.Custom(names[1], out_shape=_softmax_grad_shape, out_dtype=_softmax_grad_dtype,
+                          func_type="aot")
+    zeros_like = ops.ZerosLike()
+
+    def bprop(scores, mask, scale, out, dout):  # pylint: disable=unused-argument
+        return backward(out, dout, scale), zeros_like(mask), zeros_like(scale)
+
+    forward = ops.Custom(names[0], out_shape=_softmax_shape, out_dtype=_softmax_dtype, func_type="aot",
+                         bprop=bprop)
+    return FusedOp(forward, backward)

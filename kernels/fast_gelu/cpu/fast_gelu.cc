@@ -1,0 +1,135 @@
+// FastGELU forward and backward for MindSpore's ops.Custom(func_type="aot") on CPU.
+//
+//   y  = x * sigmoid(1.702 x)
+//   dx = dy * (sigmoid(1.702 x) + 1.702 x sigmoid(1.702 x) (1 - sigmoid(1.702 x)))
+//
+// Both are evaluated with e = exp(-1.702 |x|) in (0, 1], which never overflows:
+//   sigmoid(1.702 x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0,
+//   sigmoid (1 - sigmoid) = e / (1 + e)^2 for either sign.
+// Math is FP32 for FP32 and FP16 tensors; one read of each input and one write of the output.
+//
+// Entry points (inputs then outputs, all contiguous and of one dtype, float32 or float16):
+//   FastGeluForward(x, y)
+//   FastGeluBackward(x, dy, dx)
+#include <cstdint>
+
+#include "cg_cpu_common.h"
+
+namespace {
+
+constexpr float kAlpha = 1.702f;
+constexpr int64_t kGrain = 16384;  // elements per parallel chunk (64 KiB of FP32)
+constexpr int64_t kBlock = 1024;   // FP16 staging block (fits in L1 with its FP32 copies)
+
+inline float GeluValue(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float e = cg::ExpNonPositive(-kAlpha * a);
+  const float d = 1.0f / (1.0f + e);
+  return x >= 0.0f ? x * d : x * e * d;
+}
+
+inline float GeluSlope(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float e = cg::ExpNonPositive(-kAlpha * a);
+  const float d = 1.0f / (1.0f + e);
+  const float sig = x >= 0.0f ? d : e * d;
+  return sig + kAlpha * x * (e * d * d);
+}
+
+void ForwardF32(const float *__restrict x, float *__restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = GeluValue(x[i]);
+}
+
+void BackwardF32(const float *__restrict x, const float *__restrict dy, float *__restrict dx, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * GeluSlope(x[i]);
+}
+
+void ForwardF16(const cg::half_t *x, cg::half_t *y, int64_t n) {
+  alignas(64) float xs[kBlock];
+  alignas(64) float ys[kBlock];
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = n - i < kBlock ? n - i : kBlock;
+    cg::HalfToFloat(x + i, xs, m);
+    ForwardF32(xs, ys, m);
+    cg::FloatToHalf(ys, y + i, m);
+  }
+}
+
+void BackwardF16(const cg::half_t *x, const cg::half_t *dy, cg::half_t *dx, int64_t n) {
+  alignas(64) float xs[kBlock];
+  alignas(64) float gs[kBlock];
+  alignas(64) float out[kBlock];
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = n - i < kBlock ? n - i : kBlock;
+    cg::HalfToFloat(x + i, xs, m);
+    cg::HalfToFloat(dy + i, gs, m);
+    BackwardF32(xs, gs, out, m);
+    cg::FloatToHalf(out, dx + i, m);
+  }
+}
+
+// All tensors must share one dtype and one element count.
+bool SameLayout(int count, int *ndims, int64_t **shapes, const char **dtypes) {
+  const int64_t n = cg::NumElements(ndims[0], shapes[0]);
+  for (int i = 1; i < count; ++i) {
+    if (cg::NumElements(ndims[i], shapes[i]) != n) return false;
+    if (cg::ParseDType(dtypes[i]) != cg::ParseDType(dtypes[0])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int FastGeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                               void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 2) return cg::kBadArity;
+  if (!SameLayout(2, ndims, shapes, dtypes)) return cg::kBadShape;
+  const int64_t n = cg::NumElements(ndims[0], shapes[0]);
+  switch (cg::ParseDType(dtypes[0])) {
+    case cg::DType::kF32: {
+      const auto *x = static_cast<const float *>(params[0]);
+      auto *y = static_cast<float *>(params[1]);
+      cg::ParallelRange(n, kGrain, [&](int64_t b, int64_t e) { ForwardF32(x + b, y + b, e - b); });
+      return cg::kOk;
+    }
+    case cg::DType::kF16: {
+      const auto *x = static_cast<const cg::half_t *>(params[0]);
+      auto *y = static_cast<cg::half_t *>(params[1]);
+      cg::ParallelRange(n, kGrain, [&](int64_t b, int64_t e) { ForwardF16(x + b, y + b, e - b); });
+      return cg::kOk;
+    }
+    default:
+      return cg::kBadDType;
+  }
+}
+
+extern "C" int FastGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 3) return cg::kBadArity;
+  if (!SameLayout(3, ndims, shapes, dtypes)) return cg::kBadShape;
+  const int64_t n = cg::NumElements(ndims[0], shapes[0]);
+  switch (cg::ParseDType(dtypes[0])) {
+    case cg::DType::kF32: {
+      const auto *x = static_cast<const float *>(params[0]);
+      const auto *dy = static_cast<const float *>(params[1]);
+      auto *dx = static_cast<float *>(params[2]);
+      cg::ParallelRange(n, kGrain, [&](int64_t b, int64_t e) { BackwardF32(x + b, dy + b, dx + b, e - b); });
+      return cg::kOk;
+    }
+    case cg::DType::kF16: {
+      const auto *x = static_cast<const cg::half_t *>(params[0]);
+      const auto *dy = static_cast<const cg::half_t *>(params[1]);
+      auto *dx = static_cast<cg::half_t *>(params[2]);
+      cg::ParallelRange(n, kGrain, [&](int64_t b, int64_t e) { BackwardF16(x + b, dy + b, dx + b, e - b); });
+      return cg::kOk;
+    }
+    default:
+      return cg::kBadDType;
+  }
+}
