@@ -38,10 +38,12 @@ def apply_shard_plan(net, parallel) -> None:
 
 
 def parameter_splits(net) -> dict:
-    """``{parameter name: splits per dim}`` after :func:`apply_shard_plan` (1 = replicated)."""
+    """``{parameter name: splits per dim}`` after :func:`apply_shard_plan` (1 = replicated).
+
+    Names are relative to the :class:`CodeGeeX` model, i.e. the release names.
+    """
     out = {}
-    for cell_name, cell in net.cells_and_names():
+    for cell_name, cell in _unwrap(net).cells_and_names():
         for attr, split in getattr(cell, "split", {}).items():
-            param = getattr(cell, attr)
-            out[param.name] = tuple(split)
+            out[f"{cell_name}.{attr}"] = tuple(split)
     return out
