@@ -1,0 +1,57 @@
+"""Position ids, attention mask and loss mask of a packed token row, with EOD reset (NumPy only).
+
+Convention (reference section 4, as in the original PanGu-alpha/CodeGeeX code): an EOD token
+belongs to the document it terminates. With EOD reset, position ids restart at 0 on the token
+*after* each EOD, and a token attends (causally) only to tokens of its own document, so nothing
+after an EOD sees the EOD or anything before it. Without reset the mask is plain causal and
+positions run 0..S-1. In both modes the loss mask is 0 where the input token is EOD (this also
+covers EOD padding) and 1 elsewhere.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=8)
+def _causal(size: int) -> np.ndarray:
+    tri = np.tri(size, dtype=np.uint8)
+    tri.flags.writeable = False
+    return tri
+
+
+def document_starts(tokens: np.ndarray, eod_id: int) -> np.ndarray:
+    """Start index of every document in the 1-D row ``tokens`` (0, and each index after an EOD)."""
+    return np.concatenate([[0], np.flatnonzero(tokens[:-1] == eod_id) + 1])
+
+
+def _row_masks(tokens: np.ndarray, eod_id: int, eod_reset: bool):
+    size = tokens.shape[0]
+    loss_mask = (tokens != eod_id).astype(np.float32)
+    if not eod_reset:
+        return np.arange(size, dtype=np.int32), _causal(size).copy(), loss_mask
+    bounds = np.append(document_starts(tokens, eod_id), size)
+    lengths = np.diff(bounds)
+    position_ids = (np.arange(size) - np.repeat(bounds[:-1], lengths)).astype(np.int32)
+    attention_mask = np.zeros((size, size), dtype=np.uint8)
+    causal = _causal(size)
+    for start, length in zip(bounds[:-1], lengths):
+        attention_mask[start:start + length, start:start + length] = causal[:length, :length]
+    return position_ids, attention_mask, loss_mask
+
+
+def eod_reset_masks(tokens, eod_id: int, eod_reset: bool = True):
+    """Masks for input ids ``tokens`` of shape [S] or [B, S].
+
+    Returns ``(position_ids int32 [..., S], attention_mask uint8 [..., S, S], loss_mask float32
+    [..., S])``; ``attention_mask[i, j] = 1`` when query ``i`` may attend to key ``j``.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 1:
+        return _row_masks(tokens, eod_id, eod_reset)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape [S] or [B, S], got {tokens.shape}")
+    rows = [_row_masks(row, eod_id, eod_reset) for row in tokens]
+    return tuple(np.stack(parts) for parts in zip(*rows))
