@@ -237,6 +237,9 @@ class CkptWriter:
         for key, value in self._metadata.items():
             self._put(key, [0], "str", np.array(str(value)).tobytes())
 
+    def abort(self) -> None:
+        """Nothing to release after a failure (the caller discards the file)."""
+
     def _put(self, tag: str, dims, tensor_type: str, content) -> None:
         message = self._message()
         value = message.value.add()

@@ -136,3 +136,6 @@ class SafetensorsWriter:
             raise ValueError(f"{len(self._pending)} planned tensors were not written, "
                              f"e.g. {sorted(self._pending)[:3]}")
         self._f.seek(self._end)
+
+    def abort(self) -> None:
+        """Nothing to release after a failure (the caller discards the file)."""

@@ -126,6 +126,13 @@ class TorchZipWriter:
         self._member("version", b"3\n")
         self._zip.close()
 
+    def abort(self) -> None:
+        """Close the zip after a failure (the caller discards the file)."""
+        try:
+            self._zip.close()
+        except (OSError, ValueError):
+            pass
+
     def _member(self, name: str, data) -> None:
         size = len(data)
         zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # the rule zipfile applies itself

@@ -59,10 +59,14 @@ def write_checkpoint(path, infos: Mapping[str, TensorInfo], tensors: Iterable[Tu
     with atomic_output(path) as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                                         desc=f"writing {Path(path).name}", disable=not progress) as bar:
         writer = open_writer(fmt, f, infos, metadata)
-        for name, array in tensors:
-            writer.write(name, array)
-            bar.update(array.nbytes)
-        writer.close()
+        try:
+            for name, array in tensors:
+                writer.write(name, array)
+                bar.update(array.nbytes)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def save_weights(path, tensors: Mapping[str, np.ndarray], fmt: Optional[str] = None,
