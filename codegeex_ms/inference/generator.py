@@ -71,6 +71,7 @@ class Generator:
         self.eod = tokenizer.eod_id          # ends a sequence
         self.pad = self.cfg.eod_token_id     # fills left padding (masked out)
         self.timing = Timing()
+        self.trace = None      # set to a list to record every step's logits [B, V]
         self._decoders = {}
         model.set_train(False)
 
@@ -165,6 +166,8 @@ class Generator:
                              compiles=self.timing.compiles)
         generated = [[] for _ in range(b)]
         texts, emitted = [""] * b, [0] * b
+        if self.trace is not None:
+            self.trace.append(logits)
         finish = [None] * b
         holdback = max((len(s) for s in stop), default=0)
         t0 = time.perf_counter()
@@ -192,6 +195,8 @@ class Generator:
                                   (slot - pads)[:, None].astype(np.int32),
                                   step_mask[:, None, :].astype(np.float32), slot)
             self.timing.decode_steps += 1
+            if self.trace is not None:
+                self.trace.append(logits)
         self.timing.decode_s = time.perf_counter() - t0
         out = []
         for r in range(b):

@@ -1,0 +1,103 @@
+"""Prompts for HumanEval-X generation and translation (reference sections 6 and 7).
+
+Each sample has two texts: the *model input* fed to the decoder, and the *code prefix*, the
+source code the completion continues (the program is code prefix + completion + tests).
+"""
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..paths import require_file, shared_data_dir
+from .languages import get_language
+
+
+@lru_cache(maxsize=1)
+def language_tags() -> dict:
+    """The pre-training language tag lines (``{"python": "# language: Python", ...}``)."""
+    path = require_file(shared_data_dir() / "language_tags.json", "language tag table")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def language_tag(language: str) -> str:
+    """Tag line of a HumanEval-X language, e.g. ``// language: C++``."""
+    return language_tags()[get_language(language).key]
+
+
+@dataclass(frozen=True)
+class Track:
+    """What is evaluated: generation in ``language``, or translation ``source`` -> ``language``.
+
+    ``name`` identifies the track in records and reports: ``"cpp"`` or ``"python-to-cpp"``.
+    """
+
+    language: str
+    source: str = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "language", get_language(self.language).key)
+        if self.source is not None:
+            object.__setattr__(self, "source", get_language(self.source).key)
+            if self.source == self.language:
+                raise ValueError(f"translation source and target are both {self.language!r}")
+
+    @property
+    def name(self) -> str:
+        return self.language if self.source is None else f"{self.source}-to-{self.language}"
+
+    @property
+    def task(self) -> str:
+        return "generation" if self.source is None else "translation"
+
+    @staticmethod
+    def parse(name: str) -> "Track":
+        """Inverse of :attr:`name`."""
+        if "-to-" in name:
+            source, target = name.split("-to-", 1)
+            return Track(target, source)
+        return Track(name)
+
+
+def code_prefix(problem: dict, language: str, translation: bool = False) -> str:
+    """The code the completion continues.
+
+    Generation: the problem's ``prompt`` (declaration + docstring). Rust's ``prompt`` is only the
+    docstring comment, so its ``declaration`` (imports + signature) follows it. Translation: the
+    target's ``declaration``.
+    """
+    key = get_language(language).key
+    if translation:
+        return problem["declaration"]
+    if key == "rust":
+        return problem["prompt"] + problem["declaration"]
+    return problem["prompt"]
+
+
+def generation_input(problem: dict, language: str) -> str:
+    """Model input for generation: ``LANGUAGE_TAG + "\\n" + prompt``."""
+    return language_tag(language) + "\n" + code_prefix(problem, language)
+
+
+def translation_input(src_problem: dict, src_language: str, tgt_problem: dict,
+                      tgt_language: str) -> str:
+    """Model input for translation (reference section 6):
+
+    ``"code translation\\n{Src}:\\n{src declaration}{src solution, right-stripped}\\n{Tgt}:\\n{tgt declaration}"``.
+    """
+    src, tgt = get_language(src_language), get_language(tgt_language)
+    return (f"code translation\n{src.display}:\n{src_problem['declaration']}"
+            f"{src_problem['canonical_solution'].rstrip()}\n{tgt.display}:\n"
+            f"{tgt_problem['declaration']}")
+
+
+def model_input(track: Track, problem: dict, source_problem: dict = None) -> str:
+    """Model input of one sample of ``track`` (``source_problem`` is needed for translation)."""
+    if track.source is None:
+        return generation_input(problem, track.language)
+    return translation_input(source_problem, track.source, problem, track.language)
+
+
+def track_code_prefix(track: Track, problem: dict) -> str:
+    """Code prefix of one sample of ``track``."""
+    return code_prefix(problem, track.language, translation=track.source is not None)

@@ -1,0 +1,341 @@
+"""Running untrusted programs: one process tree per call, confined and limited.
+
+Two isolation levels, chosen by :func:`detect_isolation` (``auto``) or forced:
+
+``bubblewrap``
+    ``bwrap`` gives the program new PID, network, IPC and UTS namespaces (no network at all; the
+    loopback is its own), a read-only view of ``/`` in which the only writable path is the
+    sample's directory (plus paths a step names explicitly, such as a compiler cache), private
+    ``/tmp`` and a 1 MiB ``/dev/shm`` that it cannot write, writable-looking ``/proc/sys`` bound
+    read-only, and the invoking user's home hidden (only the toolchain paths a runner asks for
+    are bound back, read-only). When the harness runs as root, bwrap runs privileged without a
+    user namespace and ``setpriv`` drops the program to a per-worker unprivileged uid
+    (``uid_base + slot``; see :class:`Slot`) with no capabilities and no new privileges, so that
+    the process-count limit applies (the kernel exempts uid 0 from ``RLIMIT_NPROC``). Otherwise
+    bwrap creates a user namespace and the program keeps the invoking uid. When the outer
+    process is killed, ``--die-with-parent`` and the PID namespace take every descendant with it.
+
+``rlimits``
+    The fallback when bwrap is missing or cannot create namespaces: resource limits and a
+    separate process group only. There is no filesystem or network isolation, and descendants
+    that leave the process group survive a timeout.
+
+In both, every call gets resource limits (address space, CPU time, processes, file size, open
+files, no core dumps; applied with ``prlimit`` inside the sandbox), a wall-clock timeout after
+which the whole process group is SIGKILLed, and a cap on captured stdout + stderr beyond which
+the program is killed.
+"""
+
+import os
+import queue
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUBBLEWRAP = "bubblewrap"
+RLIMITS = "rlimits"
+ISOLATION_CHOICES = ("auto", BUBBLEWRAP, RLIMITS)
+DEFAULT_UID_BASE = 61000
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed process tree.
+
+    ``wall_s``: wall-clock seconds before the tree is killed. ``cpu_s``: RLIMIT_CPU per process
+    (default ``ceil(wall_s) + 1``). ``memory_bytes``: RLIMIT_AS per process. ``max_procs``:
+    RLIMIT_NPROC (processes and threads of the sandbox uid). ``max_output_bytes``: stdout +
+    stderr kept before the tree is killed. ``max_file_bytes``: RLIMIT_FSIZE. ``max_open_files``:
+    RLIMIT_NOFILE.
+    """
+
+    wall_s: float = 10.0
+    cpu_s: int = None
+    memory_bytes: int = 2048 * _MIB
+    max_procs: int = 128
+    max_output_bytes: int = 1 * _MIB
+    max_file_bytes: int = 64 * _MIB
+    max_open_files: int = 1024
+
+    @property
+    def cpu_seconds(self) -> int:
+        return self.cpu_s if self.cpu_s is not None else int(self.wall_s) + 2
+
+    def prlimit_args(self) -> list:
+        """The limits as ``prlimit`` options (soft = hard)."""
+        return [f"--as={self.memory_bytes}", f"--cpu={self.cpu_seconds}",
+                f"--nproc={self.max_procs}", f"--fsize={self.max_file_bytes}",
+                f"--nofile={self.max_open_files}", "--core=0"]
+
+
+@dataclass
+class RunResult:
+    """Outcome of one sandboxed command. ``returncode`` is negative for a signal (rlimits mode)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    output_exceeded: bool
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and not self.output_exceeded
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A worker's identity: the uid/gid its programs run as (the invoking ids unless switching)."""
+
+    index: int
+    uid: int
+    gid: int
+    switch_uid: bool = False
+
+
+def _bwrap_available() -> str:
+    """Why bwrap cannot be used (empty string when its executables are all present)."""
+    missing = [tool for tool in ("bwrap", "prlimit") if shutil.which(tool) is None]
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        missing.append("setpriv")
+    return f"{', '.join(missing)} not found" if missing else ""
+
+
+class Sandbox:
+    """Runs commands under the chosen isolation; hands out per-worker :class:`Slot` s.
+
+    ``isolation`` is ``auto`` (bubblewrap when it works here, else rlimits), ``bubblewrap``
+    (raise RuntimeError if it does not work) or ``rlimits``. ``workers`` is the number of slots.
+    ``uid_base``: first uid used for slots when running as root (default 61000, or
+    ``$CODEGEEX_SANDBOX_UID_BASE``); the uids need no passwd entry but must be unused.
+    """
+
+    def __init__(self, isolation: str = "auto", workers: int = 1, uid_base: int = None):
+        if isolation not in ISOLATION_CHOICES:
+            raise ValueError(f"unknown isolation {isolation!r}; use one of {ISOLATION_CHOICES}")
+        self.workers = max(1, int(workers))
+        self.is_root = os.geteuid() == 0
+        if uid_base is None:
+            uid_base = int(os.environ.get("CODEGEEX_SANDBOX_UID_BASE", DEFAULT_UID_BASE))
+        self.uid_base = uid_base
+        self.fallback_reason = ""
+        if isolation == RLIMITS:
+            self.isolation = RLIMITS
+            self.fallback_reason = "requested"
+        else:
+            reason = _bwrap_available() or self._try_bwrap()
+            if reason and isolation == BUBBLEWRAP:
+                raise RuntimeError(f"bubblewrap isolation is not usable here: {reason}")
+            self.isolation = RLIMITS if reason else BUBBLEWRAP
+            self.fallback_reason = reason
+        switch = self.isolation == BUBBLEWRAP and self.is_root
+        self._slots = queue.Queue()
+        for i in range(self.workers):
+            if switch:
+                self._slots.put(Slot(i, uid_base + i, uid_base + i, switch_uid=True))
+            else:
+                self._slots.put(Slot(i, os.getuid(), os.getgid()))
+
+    # ----- description -------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line saying which isolation is in force and what it does not cover."""
+        if self.isolation == BUBBLEWRAP:
+            who = (f"programs run as uids {self.uid_base}..{self.uid_base + self.workers - 1}"
+                   if self.is_root else "programs keep the invoking uid in a user namespace")
+            return ("bubblewrap: new pid/net/ipc/uts namespaces (no network), read-only root, "
+                    f"writable sample directory only, home hidden; {who}; rlimits via prlimit")
+        return (f"rlimits only ({self.fallback_reason}): resource limits and process-group kill; "
+                "NO filesystem or network isolation")
+
+    # ----- slots -------------------------------------------------------------------------------
+    @contextmanager
+    def slot(self):
+        """Borrow a worker slot for the duration of one sample (blocks until one is free)."""
+        s = self._slots.get()
+        try:
+            yield s
+        finally:
+            self._slots.put(s)
+
+    def give(self, path: Path, slot: Slot) -> None:
+        """Make ``path`` (recursively) owned by the slot's uid, so its programs may write there."""
+        if not slot.switch_uid:
+            return
+        path = Path(path)
+        os.chown(path, slot.uid, slot.gid, follow_symlinks=False)
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), slot.uid, slot.gid, follow_symlinks=False)
+
+    # ----- running -----------------------------------------------------------------------------
+    def run(self, argv, *, cwd, limits: Limits, slot: Slot, env: dict = None, visible=(),
+            writable=()) -> RunResult:
+        """Run ``argv`` in directory ``cwd`` (writable) under ``limits``; never raises on the
+        program's behaviour.
+
+        ``env``: the program's whole environment (PATH defaults to /usr/local/bin:/usr/bin:/bin).
+        ``visible``: paths (toolchains, caches) to bind back read-only if they lie in a hidden
+        directory. ``writable``: extra directories the program may write (e.g. a compiler cache).
+        """
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})}
+        cwd = Path(cwd).resolve()
+        if self.isolation == BUBBLEWRAP:
+            cmd = self._bwrap_argv(list(argv), cwd, limits, slot, env, visible, writable)
+            return _run_capped(cmd, cwd=cwd, env={"PATH": env["PATH"]}, limits=limits,
+                               preexec=None)
+        return _run_capped(list(argv), cwd=cwd, env=env, limits=limits,
+                           preexec=lambda: _apply_rlimits(limits))
+
+    def _hidden_dirs(self) -> list:
+        dirs = {Path.home()}
+        if self.is_root:
+            dirs.add(Path("/root"))
+        return [d for d in sorted(dirs) if d.is_dir() and d != Path("/")]
+
+    def _bwrap_argv(self, argv, cwd, limits, slot, env, visible, writable) -> list:
+        cmd = ["bwrap", "--die-with-parent", "--new-session"]
+        if self.is_root:
+            cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                    "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            cmd += ["--unshare-all"]
+        cmd += ["--ro-bind", "/", "/"]
+        tmpfs = self._hidden_dirs() + [Path("/tmp")]
+        made = set()
+
+        def parents(dest: Path) -> list:
+            """``--dir`` options making dest's missing ancestors inside one of our tmpfs mounts."""
+            base = next((t for t in tmpfs if t in dest.parents), None)
+            out = []
+            if base is not None:
+                for p in reversed(dest.parents):
+                    if base in p.parents and p not in made:
+                        made.add(p)
+                        out += ["--perms", "0755", "--dir", str(p)]
+            return out
+
+        for d in self._hidden_dirs():
+            cmd += ["--tmpfs", str(d)]
+        for p in sorted({Path(v).resolve() for v in visible}):
+            if any(h == p or h in p.parents for h in self._hidden_dirs()) and p.exists():
+                cmd += parents(p) + ["--ro-bind", str(p), str(p)]
+        cmd += ["--dev", "/dev", "--size", str(_MIB), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+                "--proc", "/proc", "--ro-bind-try", "/proc/sys", "/proc/sys",
+                "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
+                "--tmpfs", "/tmp"]
+        made.clear()  # /tmp is a fresh tmpfs: its subdirectories must be made again
+        for p in [cwd] + [Path(w).resolve() for w in writable]:
+            cmd += parents(p) + ["--bind", str(p), str(p)]
+        cmd += ["--chdir", str(cwd), "--clearenv"]
+        for k, v in env.items():
+            cmd += ["--setenv", k, str(v)]
+        cmd += ["--"]
+        if slot.switch_uid:
+            cmd += ["setpriv", f"--reuid={slot.uid}", f"--regid={slot.gid}", "--clear-groups",
+                    "--inh-caps=-all", "--"]
+        return cmd + ["prlimit", *limits.prlimit_args(), "--"] + argv
+
+    def _try_bwrap(self) -> str:
+        """Run ``true`` the way real programs will run; return why it failed ('' if it worked)."""
+        probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+        slot = Slot(0, self.uid_base, self.uid_base, switch_uid=self.is_root)
+        cmd = self._bwrap_argv(["true"], probe_dir.resolve(), Limits(wall_s=10), slot,
+                               {"PATH": "/usr/bin:/bin"}, (), ())
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=30, cwd="/")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"bwrap failed to start: {e}"
+        if proc.returncode != 0:
+            return "bwrap cannot create its sandbox here: " + proc.stderr.decode(errors="replace").strip()
+        return ""
+
+
+def _apply_rlimits(limits: Limits) -> None:
+    """preexec hook of the rlimits fallback (runs in the child before exec)."""
+    pairs = [(resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_CPU, limits.cpu_seconds),
+             (resource.RLIMIT_FSIZE, limits.max_file_bytes),
+             (resource.RLIMIT_NOFILE, limits.max_open_files), (resource.RLIMIT_CORE, 0)]
+    if os.geteuid() != 0:
+        # RLIMIT_NPROC counts all of this uid's tasks host-wide: allow those that already exist.
+        pairs.append((resource.RLIMIT_NPROC, _count_own_tasks() + limits.max_procs))
+    for which, value in pairs:
+        resource.setrlimit(which, (value, value))
+
+
+def _count_own_tasks() -> int:
+    """Threads of all processes of the current uid (what RLIMIT_NPROC counts)."""
+    uid, total = str(os.getuid()), 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [uid]:
+            total += int(fields.get("Threads", "1"))
+    return total
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_capped(cmd, *, cwd, env, limits: Limits, preexec) -> RunResult:
+    """Run ``cmd`` in a new session; kill its group on timeout or when output passes the cap."""
+    start = time.monotonic()
+    deadline = start + limits.wall_s
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=preexec)
+    chunks = {proc.stdout: [], proc.stderr: []}
+    total, timed_out, exceeded = 0, False, False
+    sel = selectors.DefaultSelector()
+    for pipe in chunks:
+        os.set_blocking(pipe.fileno(), False)
+        sel.register(pipe, selectors.EVENT_READ)
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(timeout=min(remaining, 0.5)):
+                data = key.fileobj.read(65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                keep = max(0, limits.max_output_bytes - total)
+                chunks[key.fileobj].append(data[:keep])
+                total += len(data)
+                if total > limits.max_output_bytes:
+                    exceeded = True
+                    break
+            if exceeded:
+                break
+    finally:
+        sel.close()
+        if timed_out or exceeded:
+            _kill_group(proc.pid)
+        try:
+            returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid)
+            returncode = proc.wait()
+        _kill_group(proc.pid)  # stragglers that kept running after the main process exited
+        for pipe in chunks:
+            pipe.close()
+    out, err = (b"".join(chunks[p]).decode("utf-8", errors="replace")
+                for p in (proc.stdout, proc.stderr))
+    return RunResult(returncode, out, err, timed_out, exceeded, time.monotonic() - start)
