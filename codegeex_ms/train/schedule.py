@@ -3,7 +3,8 @@
 import math
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
+from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 
 def lr_at(update: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
@@ -19,7 +20,7 @@ def lr_at(update: int, lr: float, min_lr: float, warmup_steps: int, decay_steps:
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-class WarmupCosineLR(nn.LearningRateSchedule):
+class WarmupCosineLR(LearningRateSchedule):
     """:func:`lr_at` as a graph Cell: ``construct(global_step)`` → FP32 scalar.
 
     ``global_step`` is the optimizer's count of updates already applied (int32), so the update it

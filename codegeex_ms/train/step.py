@@ -1,0 +1,179 @@
+"""The loss-scaled training step as compiled graphs (one compile per input shape).
+
+``TrainStep`` owns everything a step changes: the network's weights, the optimizer (moments,
+update count), the dynamic loss scale and, with gradient accumulation, FP32 gradient
+accumulators. Per optimizer step the host calls ``accumulate`` for the first ``A - 1``
+micro-batches (forward + backward, gradients added to the accumulators, no communication) and
+``update`` for the last one, which adds the accumulators, reduces over data-parallel ranks,
+unscales by ``scale * A``, checks overflow, adjusts the scale, clips to the global norm and applies
+the optimizer unless the gradients overflowed.
+
+Overflow check: :func:`mindspore.amp.all_finite`, which takes the native status registers on
+Ascend and ``isfinite`` on CPU. The scale follows :class:`mindspore.amp.DynamicLossScaler`
+(``*factor`` after ``window`` finite steps in a row, ``/factor`` (floor 1) on overflow).
+"""
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.amp import DynamicLossScaler, all_finite
+from mindspore.context import ParallelMode
+from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
+
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_mul = ops.MultitypeFuncGraph("mul")
+_add = ops.MultitypeFuncGraph("add")
+_assign_add = ops.MultitypeFuncGraph("assign_add")
+_zero = ops.MultitypeFuncGraph("zero")
+
+
+@_square_sum.register("Tensor")
+def _square_sum_fn(g):
+    g = ops.cast(g, ms.float32)
+    return ops.reduce_sum(g * g)
+
+
+@_mul.register("Tensor", "Tensor")
+def _mul_fn(factor, g):
+    return g * ops.cast(factor, g.dtype)
+
+
+@_add.register("Tensor", "Tensor")
+def _add_fn(g, acc):
+    return ops.cast(g, ms.float32) + acc
+
+
+@_assign_add.register("Tensor", "Tensor")
+def _assign_add_fn(acc, g):
+    return ops.assign_add(acc, ops.cast(g, acc.dtype))
+
+
+@_zero.register("Tensor")
+def _zero_fn(acc):
+    return ops.assign(acc, ops.zeros_like(acc))
+
+
+class ScaledGrads(nn.Cell):
+    """``construct(scale, *batch)`` → ``(loss, grads of scale·loss w.r.t. weights)``."""
+
+    def __init__(self, network, weights):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.weights = weights
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+
+    def construct(self, scale, input_ids, labels, position_ids, attention_mask, loss_mask):
+        loss = self.network(input_ids, labels, position_ids, attention_mask, loss_mask)
+        sens = ops.cast(scale, loss.dtype)
+        grads = self.grad(self.network, self.weights)(input_ids, labels, position_ids,
+                                                       attention_mask, loss_mask, sens)
+        return loss, grads
+
+
+class _Accumulate(nn.Cell):
+    """Graph: forward + backward of one micro-batch; gradients and loss added to the buffers."""
+
+    def __init__(self, state):
+        super().__init__(auto_prefix=False)
+        self.state = state
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, input_ids, labels, position_ids, attention_mask, loss_mask):
+        s = self.state
+        loss, grads = s.scaled_grads(s.scale_value, input_ids, labels, position_ids,
+                                     attention_mask, loss_mask)
+        done = self.hyper_map(_assign_add, s.accum_grads, grads)
+        loss = ops.depend(loss, done)
+        return ops.depend(loss, ops.assign_add(s.loss_sum, loss))
+
+
+class _Update(nn.Cell):
+    """Graph: last micro-batch, reduction, unscale, overflow check, clip, optimizer update.
+
+    Returns ``(mean loss, finite, scale used, grad norm, lr)``; the grad norm is that of the
+    unscaled, reduced gradients before clipping.
+    """
+
+    def __init__(self, state):
+        super().__init__(auto_prefix=False)
+        self.state = state
+        self.hyper_map = ops.HyperMap()
+        self.accumulate = state.accum_steps > 1
+        self.inv_accum = 1.0 / state.accum_steps
+        self.reduce = state.reducer is not None
+        if self.reduce:
+            self.allreduce = ops.AllReduce()
+            self.inv_ranks = 1.0 / state.num_ranks
+
+    def construct(self, input_ids, labels, position_ids, attention_mask, loss_mask):
+        s = self.state
+        scale = s.scale_value * 1.0
+        loss, grads = s.scaled_grads(scale, input_ids, labels, position_ids, attention_mask, loss_mask)
+        if self.accumulate:
+            grads = self.hyper_map(_add, grads, s.accum_grads)
+            loss = (loss + s.loss_sum) * self.inv_accum
+        if self.reduce:
+            grads = s.reducer(grads)
+            loss = self.allreduce(loss) * self.inv_ranks
+        grads = self.hyper_map(ops.partial(_mul, ops.reciprocal(scale * s.accum_steps)), grads)
+        finite = all_finite(grads)
+        s.scaler.adjust(finite)
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        factor = s.clip_norm / ops.maximum(norm, s.clip_norm)
+        grads = self.hyper_map(ops.partial(_mul, factor), grads)
+        lr = s.optimizer.get_lr()
+        if finite:
+            loss = ops.depend(loss, s.optimizer(grads))
+        if self.accumulate:
+            loss = ops.depend(loss, self.hyper_map(_zero, s.accum_grads))
+            loss = ops.depend(loss, ops.assign(s.loss_sum, ops.zeros_like(s.loss_sum)))
+        return loss, finite, scale, norm, lr
+
+
+class TrainState(nn.Cell):
+    """Everything a training step reads or changes, as one Cell (its parameters are what a
+    training checkpoint holds): ``network`` (loss Cell), ``optimizer``, loss scale and counter,
+    gradient accumulators (only when ``accum_steps > 1``)."""
+
+    def __init__(self, network, optimizer, train):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.accum_steps = train.grad_accumulation
+        self.clip_norm = float(train.grad_clip)
+        self.scaler = DynamicLossScaler(train.loss_scale, int(train.loss_scale_factor),
+                                        train.loss_scale_window)
+        self.scale_value = self.scaler.scale_value
+        self.scale_value.name = "loss_scale.value"
+        self.scale_counter = self.scaler.counter
+        self.scale_counter.name = "loss_scale.good_steps"
+        if self.accum_steps > 1:
+            self.accum_grads = self.weights.clone(prefix="accum_grad", init="zeros")
+            self.loss_sum = Parameter(Tensor(0.0, ms.float32), name="accum_loss", requires_grad=False)
+        self.scaled_grads = ScaledGrads(network, self.weights)
+        self.reducer = None
+        self.num_ranks = 1
+        if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
+            self.num_ranks = _get_device_num()
+            self.reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), self.num_ranks)
+
+
+class TrainStep:
+    """Host-side driver of the two step graphs over one :class:`TrainState`."""
+
+    def __init__(self, network, optimizer, train):
+        self.state = TrainState(network, optimizer, train)
+        self.accum_steps = self.state.accum_steps
+        self._accumulate = _Accumulate(self.state) if self.accum_steps > 1 else None
+        self._update = _Update(self.state)
+        for cell in (self._accumulate, self._update):
+            if cell is not None:
+                cell.set_train(True)
+
+    def accumulate(self, batch: tuple):
+        """One non-final micro-batch; returns its loss (FP32 scalar Tensor)."""
+        return self._accumulate(*batch)
+
+    def update(self, batch: tuple):
+        """The final micro-batch of a step; returns ``(loss, finite, scale, grad_norm, lr)``."""
+        return self._update(*batch)
