@@ -93,9 +93,10 @@ def _opt_shard(param: PlannedParameter, dp: int, mp: int, size: int) -> Tuple[in
 def layout_of(param: PlannedParameter, dp: int, mp: int, optimizer_shard_size: int = 0) -> Layout:
     """The layout of one parameter. ``optimizer_shard_size``: 0 = no parallel optimizer,
     ``WHOLE_GROUP`` (-1) = MindSpore's default group, k > 1 = groups of k (k must divide dp)."""
-    bad = [s for s in param.splits if s not in (1, mp)]
-    if bad:
-        raise ValueError(f"split {param.splits} of shape {param.shape} is neither 1 nor mp={mp}")
+    if any(s not in (1, mp) for s in param.splits):
+        raise ValueError(f"split {param.splits} of shape {param.shape}: every split must be 1 or mp={mp}")
+    if any(size % s for size, s in zip(param.shape, param.splits)):
+        raise ValueError(f"shape {param.shape} cannot be split {param.splits} (mp={mp})")
     tensor_map = tuple(0 if s > 1 else -1 for s in param.splits)
     step, size = (0, 0) if optimizer_shard_size == 0 else _opt_shard(param, dp, mp, optimizer_shard_size)
     return Layout((dp, mp), tensor_map, step, size)
@@ -134,7 +135,13 @@ def plan_layouts(params: Dict[str, PlannedParameter], dp: int, mp: int,
                  optimizer_shard_size: int = 0) -> Dict[str, Layout]:
     """Layouts of every planned parameter (see :func:`layout_of`)."""
     check_optimizer_shard_size(dp, optimizer_shard_size)
-    return {name: layout_of(p, dp, mp, optimizer_shard_size) for name, p in params.items()}
+    out = {}
+    for name, param in params.items():
+        try:
+            out[name] = layout_of(param, dp, mp, optimizer_shard_size)
+        except ValueError as e:
+            raise ValueError(f"parameter {name}: {e}") from None
+    return out
 
 
 def match_names(names: Iterable[str], layouts: Dict[str, Layout]) -> Dict[str, Layout]:
