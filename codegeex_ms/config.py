@@ -44,6 +44,7 @@ class ModelConfig:
     compute_dtype: str = "float32"    # matmuls; LayerNorm, softmax, logits and loss are FP32
     param_dtype: str = "float32"      # FP32 master weights, or float16
     fused_kernels: str = "auto"       # auto | on | off
+    weight_quant: str = "none"        # none | int8 (W8A16: the six linear weights of every layer)
     eod_token_id: int = 50256
     init_std: float = 0.02
 
@@ -284,6 +285,7 @@ def validate(cfg: Config) -> None:
     _require(m.compute_dtype in DTYPES, "model.compute_dtype", f"must be one of {DTYPES}")
     _require(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
     _require(m.fused_kernels in ("auto", "on", "off"), "model.fused_kernels", "must be auto, on or off")
+    _require(m.weight_quant in ("none", "int8"), "model.weight_quant", "must be none or int8")
 
     for key in ("data_parallel", "model_parallel", "pipeline_stages", "micro_batches",
                 "gradient_fusion_groups"):

@@ -33,9 +33,10 @@ import selectors
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BUBBLEWRAP = "bubblewrap"
@@ -68,11 +69,25 @@ class Limits:
     def cpu_seconds(self) -> int:
         return self.cpu_s if self.cpu_s is not None else int(self.wall_s) + 2
 
-    def prlimit_args(self) -> list:
-        """The limits as ``prlimit`` options (soft = hard)."""
-        return [f"--as={self.memory_bytes}", f"--cpu={self.cpu_seconds}",
-                f"--nproc={self.max_procs}", f"--fsize={self.max_file_bytes}",
-                f"--nofile={self.max_open_files}", "--core=0"]
+    def rlimits(self, nproc: int = None) -> dict:
+        """The limits as ``{RLIMIT_*: value}``; ``nproc`` overrides ``max_procs`` (None: omit
+        RLIMIT_NPROC)."""
+        limits = {resource.RLIMIT_AS: self.memory_bytes, resource.RLIMIT_CPU: self.cpu_seconds,
+                  resource.RLIMIT_FSIZE: self.max_file_bytes,
+                  resource.RLIMIT_NOFILE: self.max_open_files, resource.RLIMIT_CORE: 0}
+        if nproc is not None:
+            limits[resource.RLIMIT_NPROC] = nproc
+        return limits
+
+
+_PRLIMIT_NAMES = {resource.RLIMIT_AS: "as", resource.RLIMIT_CPU: "cpu",
+                  resource.RLIMIT_FSIZE: "fsize", resource.RLIMIT_NOFILE: "nofile",
+                  resource.RLIMIT_CORE: "core", resource.RLIMIT_NPROC: "nproc"}
+
+
+def _prlimit_prefix(rlimits: dict) -> list:
+    """``prlimit --as=N ... --`` setting soft = hard for each limit."""
+    return ["prlimit"] + [f"--{_PRLIMIT_NAMES[k]}={v}" for k, v in rlimits.items()] + ["--"]
 
 
 @dataclass
@@ -191,8 +206,15 @@ class Sandbox:
             cmd = self._bwrap_argv(list(argv), cwd, limits, slot, env, visible, writable)
             return _run_capped(cmd, cwd=cwd, env={"PATH": env["PATH"]}, limits=limits,
                                preexec=None)
+        # RLIMIT_NPROC counts the uid's tasks host-wide (and never binds root): allow for the
+        # tasks that already exist.
+        nproc = None if self.is_root else _count_own_tasks() + limits.max_procs
+        rlimits = limits.rlimits(nproc)
+        if shutil.which("prlimit"):
+            return _run_capped(_prlimit_prefix(rlimits) + list(argv), cwd=cwd, env=env,
+                               limits=limits, preexec=None)
         return _run_capped(list(argv), cwd=cwd, env=env, limits=limits,
-                           preexec=lambda: _apply_rlimits(limits))
+                           preexec=lambda: _apply_rlimits(rlimits))
 
     def _hidden_dirs(self) -> list:
         dirs = {Path.home()}
@@ -241,32 +263,26 @@ class Sandbox:
         if slot.switch_uid:
             cmd += ["setpriv", f"--reuid={slot.uid}", f"--regid={slot.gid}", "--clear-groups",
                     "--inh-caps=-all", "--"]
-        return cmd + ["prlimit", *limits.prlimit_args(), "--"] + argv
+        return cmd + _prlimit_prefix(limits.rlimits(limits.max_procs)) + argv
 
     def _try_bwrap(self) -> str:
         """Run ``true`` the way real programs will run; return why it failed ('' if it worked)."""
-        probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
         slot = Slot(0, self.uid_base, self.uid_base, switch_uid=self.is_root)
-        cmd = self._bwrap_argv(["true"], probe_dir.resolve(), Limits(wall_s=10), slot,
-                               {"PATH": "/usr/bin:/bin"}, (), ())
-        try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=30, cwd="/")
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"bwrap failed to start: {e}"
+        with tempfile.TemporaryDirectory(prefix="codegeex_bwrap_probe_") as probe_dir:
+            cmd = self._bwrap_argv(["true"], Path(probe_dir).resolve(), Limits(wall_s=10), slot,
+                                   {"PATH": "/usr/bin:/bin"}, (), ())
+            try:
+                proc = subprocess.run(cmd, capture_output=True, timeout=30, cwd="/")
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"bwrap failed to start: {e}"
         if proc.returncode != 0:
             return "bwrap cannot create its sandbox here: " + proc.stderr.decode(errors="replace").strip()
         return ""
 
 
-def _apply_rlimits(limits: Limits) -> None:
-    """preexec hook of the rlimits fallback (runs in the child before exec)."""
-    pairs = [(resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_CPU, limits.cpu_seconds),
-             (resource.RLIMIT_FSIZE, limits.max_file_bytes),
-             (resource.RLIMIT_NOFILE, limits.max_open_files), (resource.RLIMIT_CORE, 0)]
-    if os.geteuid() != 0:
-        # RLIMIT_NPROC counts all of this uid's tasks host-wide: allow those that already exist.
-        pairs.append((resource.RLIMIT_NPROC, _count_own_tasks() + limits.max_procs))
-    for which, value in pairs:
+def _apply_rlimits(rlimits: dict) -> None:
+    """preexec hook of the rlimits fallback when ``prlimit`` is missing (runs in the child)."""
+    for which, value in rlimits.items():
         resource.setrlimit(which, (value, value))
 
 

@@ -115,6 +115,10 @@ class Generator:
             out.append(ids)
         return out
 
+    def _prompt_bucket(self, longest: int, max_new: int) -> int:
+        """Padded prompt length: a power-of-two bucket that still leaves ``max_new`` slots."""
+        return min(bucket(longest, self.max_length), self.max_length - max_new)
+
     def _prefill_inputs(self, token_lists, prompt_len, cache_len):
         b = len(token_lists)
         ids = np.full((b, prompt_len), self.pad, np.int32)
@@ -153,9 +157,8 @@ class Generator:
 
     def _sample(self, token_lists, max_new, sampling, stop, stop_fn, seed, on_text):
         b = len(token_lists)
-        p = bucket(max(len(t) for t in token_lists), self.max_length)
+        p = self._prompt_bucket(max(len(t) for t in token_lists), max_new)
         length = bucket(p + max_new, self.max_length)
-        max_new = min(max_new, length - p)
         decoder = self._decoder(b, length)
         rng = np.random.default_rng(seed)
         ids, pos, mask, pads = self._prefill_inputs(token_lists, p, length)
@@ -221,9 +224,8 @@ class Generator:
     # ------------------------------------------------------------------ beam search
 
     def _beam_search(self, prompt, max_new, beams, length_penalty, early_stopping, stop, stop_fn):
-        p = bucket(len(prompt), self.max_length)
+        p = self._prompt_bucket(len(prompt), max_new)
         length = bucket(p + max_new, self.max_length)
-        max_new = min(max_new, length - p)
         decoder = self._decoder(beams, length)
         ids, pos, mask, pads = self._prefill_inputs([prompt] * beams, p, length)
         logits = decoder.step(ids, pos, mask, 0)

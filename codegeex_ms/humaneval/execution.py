@@ -1,0 +1,132 @@
+"""Executing assembled programs: per-sample directories, compile/run steps, outcome statuses."""
+
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .runners import RUNNERS, StepLimits, ToolchainMissing
+from .sandbox import Sandbox
+
+PASSED = "passed"
+FAILED = "failed"
+COMPILE_ERROR = "compile_error"
+TIMEOUT = "timeout"
+OUTPUT_LIMIT = "output_limit"
+STATUSES = (PASSED, FAILED, COMPILE_ERROR, TIMEOUT, OUTPUT_LIMIT)
+_DETAIL_CHARS = 2000
+
+
+def eval_cache_dir() -> Path:
+    """Where prepared dependencies live (js-md5, Rust crates, Go module and build cache).
+
+    ``$CODEGEEX_EVAL_CACHE``, else ``$XDG_CACHE_HOME/codegeex_ms``, else ``~/.cache/codegeex_ms``.
+    ``run_scripts/install_eval_toolchains.sh`` uses the same rule.
+    """
+    env = os.environ.get("CODEGEEX_EVAL_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "codegeex_ms"
+
+
+@dataclass
+class Outcome:
+    """Result of executing one program: a status from STATUSES, the tail of its output, seconds."""
+
+    status: str
+    detail: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Executor:
+    """Runs assembled programs of the requested languages in a sandbox.
+
+    On construction each language's toolchain is set up and checked by running a probe program
+    through the sandbox; languages that fail are listed in :attr:`skipped` with the reason and
+    never produce outcomes. Thread-safe: :meth:`run` may be called from ``workers`` threads.
+    Use as a context manager (or call :meth:`close`) to remove the scratch directory.
+    """
+
+    def __init__(self, languages, *, workers: int = 1, isolation: str = "auto",
+                 limits: StepLimits = StepLimits(), cache_dir: Path = None,
+                 scratch_dir: Path = None, python: str = None):
+        self.sandbox = Sandbox(isolation, workers=workers)
+        self.cache_dir = Path(cache_dir or eval_cache_dir())
+        self.workspace = Path(tempfile.mkdtemp(prefix="codegeex_eval_", dir=scratch_dir))
+        os.chmod(self.workspace, 0o711)  # sandbox uids must traverse it to reach their directory
+        self._counter = itertools.count()
+        self.runners, self.skipped = {}, {}
+        for key in languages:
+            kwargs = {"interpreter": python} if key == "python" else {}
+            runner = RUNNERS[key](limits, self.cache_dir, **kwargs)
+            try:
+                runner.setup()
+            except ToolchainMissing as e:
+                self.skipped[key] = str(e)
+                continue
+            self.runners[key] = runner
+            probe = self.run(key, runner.probe)
+            if not probe.passed:
+                del self.runners[key]
+                self.skipped[key] = f"toolchain probe {probe.status}: {probe.detail[-500:]}"
+
+    def describe(self) -> dict:
+        """Isolation in force, toolchain versions and skipped languages (for reports)."""
+        return {"isolation": self.sandbox.isolation, "isolation_detail": self.sandbox.describe(),
+                "toolchains": {k: r.version for k, r in self.runners.items()},
+                "skipped": dict(self.skipped)}
+
+    def run(self, language: str, source: str) -> Outcome:
+        """Execute one program of ``language`` (which must be available) in a fresh directory."""
+        runner = self.runners[language]
+        start = time.monotonic()
+        with self.sandbox.slot() as slot:
+            workdir = self.workspace / f"{language}-{next(self._counter)}"
+            workdir.mkdir()
+            try:
+                runner.write_files(workdir, source)
+                self.sandbox.give(workdir, slot)
+                return self._run_steps(runner, workdir, slot, start)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run_steps(self, runner, workdir, slot, start) -> Outcome:
+        visible = runner.visible()
+        for step in runner.steps(workdir, slot, self.sandbox):
+            result = self.sandbox.run(step.argv, cwd=workdir, limits=step.limits, slot=slot,
+                                      env=step.env, visible=visible, writable=step.writable)
+            detail = (result.stderr + result.stdout)[-_DETAIL_CHARS:]
+            if result.timed_out:
+                return Outcome(TIMEOUT, f"{step.name} timed out after {step.limits.wall_s:g}s",
+                               time.monotonic() - start)
+            if result.output_exceeded:
+                return Outcome(OUTPUT_LIMIT, f"{step.name} output exceeded "
+                               f"{step.limits.max_output_bytes} bytes", time.monotonic() - start)
+            if step.name == "compile" and not result.ok:
+                return Outcome(COMPILE_ERROR, detail, time.monotonic() - start)
+            if step.name == "run":
+                status = PASSED if runner.passed(result) else FAILED
+                if status == FAILED and not detail:
+                    detail = f"exit status {result.returncode}"
+                return Outcome(status, detail, time.monotonic() - start)
+        raise AssertionError(f"{runner.key} runner has no run step")
+
+    def close(self) -> None:
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
