@@ -1,0 +1,133 @@
+"""`python -m codegeex_ms.plan`: numbers checked against arithmetic written out here by hand."""
+
+import json
+
+import pytest
+
+from codegeex_ms import plan as plan_cli
+from codegeex_ms.config import load_config
+from codegeex_ms.plan import build_plan, layer_activation_bytes
+
+GIB = 2 ** 30
+# CodeGeeX-13B (reference section 1) and the 1536-NPU recipe (section 5).
+H, F, V, POS, L = 5120, 20480, 52224, 2048, 40          # L = 39 layers + top-query layer
+HEADS, DP, MP, B, S = 40, 192, 8, 16, 2048
+SBH = S * B * H
+
+
+@pytest.fixture(scope="module")
+def plan_1536():
+    return build_plan(load_config("ascend_configs/pretrain_13b_1536npu.yaml"))
+
+
+def test_parameter_counts_per_device(plan_1536):
+    counts = plan_1536["parameters"]
+    split_per_layer = 4 * H * H + 3 * H + 2 * H * F + F        # q,k,v,dense W; q,k,v b; W1, W2; b1
+    replicated_per_layer = 2 * H + 4 * H                       # dense and W2 biases; 2 LayerNorms
+    split = L * split_per_layer + V * H                        # + vocabulary-parallel word embedding
+    replicated = L * replicated_per_layer + 2 * POS * H + 2 * H  # + position tables, final LN
+    assert counts["total"] == split + replicated == 12_873_943_040
+    assert counts["per_device"] == split // MP + replicated == 1_628_677_120
+    # Group 64 (see test_distributed_ckpt: largest divisor of 192 sharding every tensor).
+    assert plan_1536["parallel"]["optimizer_shard_size"] == 64
+    assert counts["per_device_optimizer"] == 1_628_677_120 // 64
+    assert counts["matmul"] == L * (4 * H * H + 2 * H * F) + V * H
+
+
+def test_1536_npu_memory_by_hand_and_fits_32gb(plan_1536):
+    p_dev, p_opt = 1_628_677_120, 1_628_677_120 // 64
+    mem = plan_1536["memory"]["recompute"]
+    assert mem["weights_compute"] == 2 * p_dev                 # FP16 copy of the mp slice
+    assert mem["weights_param"] == 4 * p_opt                   # FP32 master, 1/64
+    assert mem["adam_moments"] == 8 * p_opt                    # FP32 m and v, 1/64
+    assert mem["gradients"] == 4 * p_opt + 4 * p_dev // 4      # FP32 shard + one of 4 fusion buckets
+    # One layer: (4·2 + 2·1)·sbh + 12·2·sbh/8 + (4 + 1 + 2)·a·s²·b/8 = 13·sbh + 7·40·2048²·16/8
+    layer = 13 * SBH + 7 * HEADS * S * S * B // MP
+    assert layer == 4_529_848_320
+    assert mem["activations_layers"] == L * 2 * SBH + layer    # layer inputs + one recomputed layer
+    assert plan_1536["memory"]["no_recompute"]["activations_layers"] == L * layer
+    logits = B * S * V // MP
+    assert mem["activations_other"] == (1 + 3 * 2) * SBH + (2 + 3 * 4) * logits
+    assert mem["workspace"] == 2 * 2 * SBH + 2 * GIB
+    total = (2 * p_dev + 12 * p_opt + 4 * p_opt + p_dev + L * 2 * SBH + layer
+             + 7 * SBH + 14 * logits + 4 * SBH + 2 * GIB)
+    assert mem["total"] == total == 30_232_532_224             # 28.16 GiB
+    assert plan_1536["fits"] and plan_1536["capacity"] == 32 * GIB
+    assert plan_1536["margin"] == 32 * GIB - total
+    assert not plan_1536["memory"]["no_recompute"]["total"] <= 32 * GIB
+    # MindSpore's default group shards only the word embedding: 12 bytes/param of states return.
+    assert plan_1536["mindspore_default_group"]["total"] > 32 * GIB
+
+
+def test_korthikanti_formula_when_softmax_saved_in_fp16():
+    # The paper: s·b·h·(10 + 24/t + 5·a·s/(h·t)) bytes, FP16 activations with 1-byte dropout masks.
+    got = layer_activation_bytes(B, S, H, HEADS, MP, c=2, dropout=0.1, softmax_bytes=2)["total"]
+    assert got == SBH * (10 + 24 // MP) + SBH * 5 * HEADS * S // (H * MP)
+    no_dropout = layer_activation_bytes(B, S, H, HEADS, 1, c=2, dropout=0.0, softmax_bytes=2)["total"]
+    assert no_dropout == SBH * (8 + 24) + 4 * HEADS * S * S * B
+
+
+def test_flops_by_hand(plan_1536):
+    flops = plan_1536["flops"]
+    per_token = 6 * (L * (4 * H * H + 2 * H * F) + V * H) + 12 * L * S * H
+    assert flops["per_token"] == per_token == 82_134_958_080
+    assert flops["per_token_6n"] == 6 * 12_873_943_040
+    assert flops["tokens_per_step"] == 3072 * 2048
+    assert flops["per_step"] == per_token * 3072 * 2048
+    assert flops["per_device_per_step"] == per_token * 3072 * 2048 // 1536
+    assert flops["per_token_hardware_recompute"] == per_token + 2 * L * (4 * H * H + 2 * H * F) + 4 * L * S * H
+
+
+def test_inference_fp16_and_int8_weights(plan_1536):
+    inf = plan_1536["inference"]
+    n = 12_873_943_040
+    linear = L * (4 * H * H + 2 * H * F)                       # six weights per layer, int8
+    rows = L * (4 * H + F + H)                                 # one scale per output row
+    assert inf["weights_fp16"] == 2 * n == 25_747_886_080
+    assert inf["weights_int8_fp16_scales"] == linear + 2 * rows + 2 * (n - linear)
+    assert inf["weights_int8_fp32_scales"] == linear + 4 * rows + 2 * (n - linear)
+    assert inf["kv_cache_fp16"] == 2 * L * 1 * 2048 * H * 2
+    # The paper's ≈27 GB (FP16) and ≈15 GB (INT8) are inference device memory: weights + a full
+    # 2048-token cache land within 0.5 GB of both; the FP16 weights alone are within 5 % of 27 GB.
+    assert abs(inf["weights_fp16"] + inf["kv_cache_fp16"] - 27e9) < 0.5e9
+    assert abs(inf["weights_int8_fp16_scales"] + inf["kv_cache_fp16"] - 15e9) < 0.5e9
+    assert abs(inf["weights_fp16"] - 27e9) / 27e9 < 0.05
+
+
+def test_unsharded_fp32_compute_plan():
+    """dp 2 × mp 2 of the tiny model, FP32, no optimizer sharding, no vocabulary split."""
+    cfg = load_config("ascend_configs/tiny_fixture.yaml",
+                      ("parallel.data_parallel=2", "parallel.model_parallel=2",
+                       "parallel.vocab_parallel=false", "train.micro_batch_size=3",
+                       "train.seq_length=32"))
+    plan = build_plan(cfg, reserve_gib=0)
+    h, f, v, pos, layers, t, b, s = 64, 256, 1024, 64, 3, 2, 3, 32
+    split = layers * (4 * h * h + 3 * h + 2 * h * f + f)
+    replicated = layers * 6 * h + v * h + 2 * pos * h + 2 * h
+    p_dev = split // t + replicated
+    assert plan["parameters"]["per_device"] == p_dev
+    mem = plan["memory"]["no_recompute"]
+    assert plan["parallel"]["optimizer_shard_size"] == 0
+    assert mem["weights_compute"] == 0 and mem["weights_param"] == 4 * p_dev   # FP32 is the copy
+    assert mem["adam_moments"] == 8 * p_dev and mem["gradients"] == 4 * p_dev
+    sbh = s * b * h
+    layer = 4 * 4 * sbh + 12 * 4 * sbh // t + (4 + 0 + 4) * 4 * s * s * b // t  # FP32, no dropout
+    assert mem["activations_layers"] == layers * layer
+    assert mem["activations_other"] == 3 * 4 * sbh + (4 + 12) * b * s * v     # vocab not split
+    assert mem["workspace"] == 2 * 4 * sbh
+
+
+def test_cli_prints_fit_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert plan_cli.main(["--config", "pretrain_13b_1536npu", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "total 28.16 GiB of 32 GiB -> FITS, margin 3.84 GiB" in text
+    assert "FP16: 25.75 GB" in text and "paper (13B): ≈27 GB" in text
+    assert "Korthikanti" in text
+    data = json.loads(out.read_text())
+    assert data["fits"] is True and data["parameters"]["per_device"] == 1_628_677_120
+
+
+def test_cli_rejects_bad_config(capsys):
+    assert plan_cli.main(["--config", "pretrain_13b_1536npu", "--set", "parallel.model_parallel=3"]) == 2
+    assert "parallel.model_parallel" in capsys.readouterr().err
