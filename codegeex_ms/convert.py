@@ -14,8 +14,6 @@ import os
 import sys
 from typing import Optional
 
-import numpy as np
-
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError
@@ -33,8 +31,9 @@ def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype
 
     ``fmt``: "ckpt", "safetensors" or "pt" (default: from the output extension). ``dtype``:
     "float16"/"float32" to cast every tensor, None to keep the stored dtypes. ``from_ms17``: force
-    (True) the MindSpore 1.7 name mapping; None detects it. ``num_heads`` (default hidden/128)
-    is stored as metadata ``num_attention_heads`` in .ckpt/.safetensors outputs.
+    (True) the MindSpore 1.7 name mapping; None detects it. ``num_heads`` (default: the input's
+    ``num_attention_heads`` metadata, else hidden/128 when that divides) is stored as metadata
+    ``num_attention_heads`` in .ckpt/.safetensors outputs.
     Raises LayoutMismatchError (all problems at once) if the input is not the release layout.
     """
     fmt = output_format(output_path, fmt)
@@ -44,6 +43,8 @@ def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype
         raise ValueError(f"input and output are the same file ({output_path}); choose another output path.")
     with open_weights(input_path, from_ms17) as weights:
         shapes = {name: info.shape for name, info in weights.infos.items()}
+        if num_heads is None and weights.metadata.get("num_attention_heads", "").isdigit():
+            num_heads = int(weights.metadata["num_attention_heads"])
         sizes = infer_sizes(shapes, num_heads)
         layout = release_layout(sizes)
         check_layout(shapes, layout, what=str(input_path))
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(backbone.*; auto-detected otherwise); optimizer moments are ignored")
     parser.add_argument("--num-heads", type=int, metavar="N",
                         help="number of attention heads, stored as metadata in .ckpt/.safetensors "
-                             "(default: hidden size / 128, i.e. 40 for 13B)")
+                             "(default: the input's metadata, else hidden size / 128, i.e. 40 for 13B)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

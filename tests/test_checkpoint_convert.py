@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
-from codegeex_ms.checkpoint import (LayoutMismatchError, ModelSizes, ModelWeights, TorchZipReader,
-                                    load_into_network, load_weights, release_layout, save_weights)
+from codegeex_ms.checkpoint import (LayoutMismatchError, ModelSizes, ModelWeights, SafetensorsReader,
+                                    TorchZipReader, load_into_network, load_weights, release_layout,
+                                    save_weights)
 from codegeex_ms.convert import convert_checkpoint
 from codegeex_ms.paths import REPO_ROOT
 
@@ -43,6 +44,14 @@ def test_mindspore_reads_the_converted_files(golden, tmp_path):
         # FP16 -> FP32 is exact, so the FP32 file holds the same numbers.
         assert safetensors[name].dtype == ms.float32
         assert np.array_equal(safetensors[name].asnumpy(), array.astype(np.float32))
+
+
+def test_heads_metadata_is_carried_over(golden, tmp_path):
+    convert_checkpoint(golden["pt"], tmp_path / "w.ckpt", num_heads=4)
+    sizes = convert_checkpoint(tmp_path / "w.ckpt", tmp_path / "w.safetensors")
+    assert sizes.num_attention_heads == 4
+    with SafetensorsReader(tmp_path / "w.safetensors") as reader:
+        assert reader.metadata == {"num_attention_heads": "4"}
 
 
 def test_float32_detour_returns_the_same_fp16_bits(golden, tmp_path):

@@ -56,7 +56,7 @@ class _Tensor:
         self.storage = storage
 
     def __reduce__(self):
-        shape = tuple(self.storage.info.shape)
+        shape = tuple(int(n) for n in self.storage.info.shape)  # plain ints: numpy ints would pickle as globals
         stride = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
         return (_Global.get("torch._utils", "_rebuild_tensor_v2"),
                 (self.storage, 0, shape, stride, False, collections.OrderedDict()))
