@@ -141,7 +141,9 @@ def _opt_size_arg(parser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m codegeex_ms.distributed_ckpt",
-                                     description=__doc__.split("\n\n")[0])
+                                     description=__doc__.split("\n\n")[0],
+                                     epilog="examples:\n" + __doc__.split("\n\n")[-1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("merge", help="per-rank checkpoints -> one checkpoint with full tensors")

@@ -75,7 +75,7 @@ def parameter_counts(params, layouts) -> dict:
         "per_device": sum(_slice(p) for p in params.values()),
         "per_device_optimizer": sum(_slice(p) // max(layouts[n].opt_shard_size, 1)
                                     for n, p in params.items()),
-        "optimizer_sharded_tensors": sum(1 for l in layouts.values() if l.opt_shard_size > 1),
+        "optimizer_sharded_tensors": sum(1 for lay in layouts.values() if lay.opt_shard_size > 1),
         "tensors": len(params),
         "linear": sum(p.numel for p in linear.values()),
         "linear_rows": sum(p.shape[0] for p in linear.values()),
@@ -140,12 +140,22 @@ def inference_memory(cfg, counts) -> dict:
     mdl, inf = cfg.model, cfg.inference
     rest = counts["total"] - counts["linear"]
     length = inf.max_length or mdl.max_position_embeddings
-    out = {"weights_fp16": 2 * counts["total"],
-           "weights_int8_fp16_scales": counts["linear"] + 2 * counts["linear_rows"] + 2 * rest,
-           "weights_int8_fp32_scales": counts["linear"] + 4 * counts["linear_rows"] + 2 * rest,
-           "kv_cache_fp16": 2 * (mdl.num_layers + 1) * inf.batch_size * length * mdl.hidden_size * 2,
-           "batch_size": inf.batch_size, "max_length": length}
-    return out
+    return {"weights_fp16": 2 * counts["total"],
+            "weights_int8_fp16_scales": counts["linear"] + 2 * counts["linear_rows"] + 2 * rest,
+            "weights_int8_fp32_scales": counts["linear"] + 4 * counts["linear_rows"] + 2 * rest,
+            "kv_cache_fp16": 2 * (mdl.num_layers + 1) * inf.batch_size * length * mdl.hidden_size * 2,
+            "batch_size": inf.batch_size, "max_length": length}
+
+
+def _default_group(cfg, params, reserve: int) -> dict:
+    """What MindSpore's default parallel-optimizer group (all replicas of a slice) would shard."""
+    par = cfg.parallel
+    layouts = plan_layouts(params, par.data_parallel, par.model_parallel,
+                           WHOLE_GROUP if par.optimizer_shard else 0)
+    counts = parameter_counts(params, layouts)
+    return {"sharded_tensors": counts["optimizer_sharded_tensors"],
+            "per_device_optimizer": counts["per_device_optimizer"],
+            "total": training_memory(cfg, counts, par.recompute, reserve)["total"]}
 
 
 def build_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dict:
@@ -165,10 +175,6 @@ def build_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dic
     layer = layer_activation_bytes(tr.micro_batch_size, tr.seq_length, mdl.hidden_size,
                                    mdl.num_heads, cfg.parallel.model_parallel,
                                    DTYPE_BYTES[mdl.compute_dtype], mdl.dropout)
-    default_layouts = plan_layouts(params, cfg.parallel.data_parallel, cfg.parallel.model_parallel,
-                                   WHOLE_GROUP if cfg.parallel.optimizer_shard else 0)
-    default_counts = parameter_counts(params, default_layouts)
-    default_total = training_memory(cfg, default_counts, cfg.parallel.recompute, reserve)["total"]
     total = memory[chosen]["total"]
     activations = memory[chosen]["activations_layers"] + memory[chosen]["activations_other"]
     per_sequence = (activations + memory[chosen]["workspace"] - reserve) // tr.micro_batch_size
@@ -191,9 +197,7 @@ def build_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dic
         "fits": total <= capacity,
         "margin": capacity - total,
         "activation_bytes_per_sequence": per_sequence,
-        "mindspore_default_group": {"sharded_tensors": default_counts["optimizer_sharded_tensors"],
-                                    "per_device_optimizer": default_counts["per_device_optimizer"],
-                                    "total": default_total},
+        "mindspore_default_group": _default_group(cfg, params, reserve),
         "flops": model_flops(cfg, counts),
         "inference": inference_memory(cfg, counts),
         "assumptions": ASSUMPTIONS,

@@ -221,3 +221,18 @@ def test_cli_errors_name_the_problem(tmp_path, full_tensors, capsys):
     with pytest.raises(SystemExit):
         distributed_ckpt.main(["merge", "--src", str(tmp_path / "ranks"), "--out", out])
     assert "exactly one of --strategy FILE or --config CONFIG" in capsys.readouterr().err
+
+
+def test_cli_strategy_file_then_merge_with_it(tmp_path, full_tensors, capsys):
+    save_ranks(tmp_path / "ranks", full_tensors, 1, 2)
+    strategy = tmp_path / "s.ckpt"
+    rc = distributed_ckpt.main(["strategy", "--config", "tiny_fixture", "--set", "parallel.model_parallel=2",
+                                "--names-from", str(tmp_path / "ranks" / "rank_0" / "shard.ckpt"),
+                                "--out", str(strategy)])
+    assert rc == 0, capsys.readouterr().err
+    layouts = build_searched_strategy(str(strategy))
+    assert len(layouts) == len(full_tensors)          # weights and both moments; not global_step
+    rc = distributed_ckpt.main(["merge", "--src", str(tmp_path / "ranks"), "--strategy", str(strategy),
+                                "--out", str(tmp_path / "m.ckpt")])
+    assert rc == 0, capsys.readouterr().err
+    assert_same(ms.load_checkpoint(str(tmp_path / "m.ckpt")), full_tensors)
