@@ -5,7 +5,10 @@ reads the training strategy (the file a semi-auto-parallel compile saved, or one
 config's shard plan by :mod:`codegeex_ms.parallel.strategy_file`) and handles model-parallel and
 parallel-optimizer slices and data-parallel replicas; splitting writes the layout of a
 ``dp=1 × mp=N`` plan. Parameters no layout mentions (``global_step``, ``learning_rate``…) are
-copied from rank 0. Per-rank inputs follow MindSpore's convention ``SRC/rank_<r>/<file>.ckpt``.
+copied from rank 0. Per-rank inputs follow MindSpore's convention ``SRC/rank_<r>/<file>.ckpt``
+and hold each rank's own slices (``CheckpointConfig(integrated_save=False)``, as the original
+CodeGeeX training saved them); with ``integrated_save=True`` every rank already holds the full
+tensors and needs no merge.
 
 Memory: MindSpore's transform holds every tensor it combines in host memory (the merged 13B
 weights with FP32 Adam moments are ~155 GB).
