@@ -13,13 +13,13 @@ import mindspore as ms
 from mindspore.parallel import build_searched_strategy, merge_sliced_parameter
 
 from codegeex_ms import distributed_ckpt
-from codegeex_ms.config import load_config
+from codegeex_ms.config import CONFIG_DIR, load_config
 from codegeex_ms.distributed_ckpt import merge, rank_files, split
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, largest_optimizer_shard_size,
                                                 match_names, plan_layouts, planned_parameters,
                                                 strategy_for, write_strategy_file)
 
-TINY = "ascend_configs/tiny_fixture.yaml"   # hidden 64, 4 heads, 2 layers + top-query, vocab 1024
+TINY = str(CONFIG_DIR / "tiny_fixture.yaml")  # hidden 64, 4 heads, 2 layers + top-query, vocab 1024
 # Reference section 2: split along dim 0 / dim 1 over mp; everything else replicated.
 DIM0 = ("attention.query.weight", "attention.key.weight", "attention.value.weight",
         "attention.query.bias", "attention.key.bias", "attention.value.bias",
@@ -151,7 +151,7 @@ def test_strategy_file_is_read_by_mindspore_and_merge_sliced_parameter(tmp_path,
 
 def test_13b_optimizer_shard_groups():
     """MindSpore shards a tensor only when dimension 0 divides by (its mp split × group)."""
-    cfg = load_config("ascend_configs/codegeex_13b.yaml",
+    cfg = load_config(str(CONFIG_DIR / "codegeex_13b.yaml"),
                       ("parallel.data_parallel=192", "parallel.model_parallel=8"))
     params = planned_parameters(cfg.model, cfg.parallel)
     default = plan_layouts(params, 192, 8, WHOLE_GROUP)

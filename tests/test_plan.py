@@ -5,7 +5,7 @@ import json
 import pytest
 
 from codegeex_ms import plan as plan_cli
-from codegeex_ms.config import load_config
+from codegeex_ms.config import CONFIG_DIR, load_config
 from codegeex_ms.plan import build_plan, layer_activation_bytes
 
 GIB = 2 ** 30
@@ -17,7 +17,7 @@ SBH = S * B * H
 
 @pytest.fixture(scope="module")
 def plan_1536():
-    return build_plan(load_config("ascend_configs/pretrain_13b_1536npu.yaml"))
+    return build_plan(load_config(str(CONFIG_DIR / "pretrain_13b_1536npu.yaml")))
 
 
 def test_parameter_counts_per_device(plan_1536):
@@ -96,7 +96,7 @@ def test_inference_fp16_and_int8_weights(plan_1536):
 
 def test_unsharded_fp32_compute_plan():
     """dp 2 × mp 2 of the tiny model, FP32, no optimizer sharding, no vocabulary split."""
-    cfg = load_config("ascend_configs/tiny_fixture.yaml",
+    cfg = load_config(str(CONFIG_DIR / "tiny_fixture.yaml"),
                       ("parallel.data_parallel=2", "parallel.model_parallel=2",
                        "parallel.vocab_parallel=false", "train.micro_batch_size=3",
                        "train.seq_length=32"))
