@@ -117,3 +117,14 @@ def test_truncated_files_give_clear_errors(tmp_path, writer_class, suffix):
     reader_class = CkptReader if suffix == ".ckpt" else SafetensorsReader
     with pytest.raises(CheckpointFormatError, match="truncated or corrupt"):
         reader_class(path)
+
+
+def test_safetensors_detected_whatever_its_header_length(tmp_path):
+    arrays = {"w": np.ones(3, np.float32)}
+    for pad in range(64):  # find a header length whose first byte is 0x80, like a pickle's PROTO opcode
+        path = tmp_path / f"p{pad}.safetensors"
+        _write(SafetensorsWriter, path, arrays, metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert detect_format(path) == "safetensors"

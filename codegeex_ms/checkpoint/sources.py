@@ -26,10 +26,10 @@ def detect_format(path) -> str:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return "pt"  # zip, or a legacy torch pickle (the reader explains what to do)
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
         return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pt"  # zip, or a legacy torch pickle (the reader explains what to do)
     if head[:1] == b"\x0a":
         return "ckpt"
     raise CheckpointFormatError(
