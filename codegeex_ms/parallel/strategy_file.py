@@ -39,16 +39,6 @@ class Layout:
     opt_shard_step: int = 0
     opt_shard_size: int = 0
 
-    @property
-    def model_splits(self) -> int:
-        """Number of model-parallel pieces (1 or mp)."""
-        return self.dev_matrix[1] if 0 in self.tensor_map else 1
-
-    @property
-    def shards(self) -> int:
-        """Number of distinct pieces a rank may hold (model-parallel × optimizer)."""
-        return self.model_splits * max(self.opt_shard_size, 1)
-
 
 @dataclass(frozen=True)
 class PlannedParameter:
