@@ -71,6 +71,7 @@ class ParallelConfig:
     micro_batches: int = 1
     recompute: bool = False           # recompute every layer's activations in backward
     optimizer_shard: bool = False     # shard optimizer states over dp (ZeRO-2 style)
+    optimizer_shard_size: int = 0     # parallel-optimizer group size; 0 = largest that shards all
     gradient_fusion_groups: int = 4
 
 
@@ -100,6 +101,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     output_dir: str = "output"
+    init_weights: str = ""            # weights to start from (any checkpoint format), e.g. for fine-tuning
+    dropout_rng: str = "auto"         # auto | stateless (resume-exact masks) | native (nn.Dropout)
+    peak_tflops: float = 0.0          # per-device peak for MFU; 0 = measure a matmul at start-up
 
 
 @dataclass
@@ -290,6 +294,9 @@ def validate(cfg: Config) -> None:
     for key in ("data_parallel", "model_parallel", "pipeline_stages", "micro_batches",
                 "gradient_fusion_groups"):
         _require(getattr(p, key) >= 1, f"parallel.{key}", "must be >= 1")
+    _require(p.optimizer_shard_size >= 0, "parallel.optimizer_shard_size", "must be >= 0 (0 = automatic)")
+    _require(p.optimizer_shard_size == 0 or p.data_parallel % p.optimizer_shard_size == 0,
+             "parallel.optimizer_shard_size", f"must divide parallel.data_parallel ({p.data_parallel})")
     mp = p.model_parallel
     _require(m.num_heads % mp == 0, "parallel.model_parallel",
              f"must divide model.num_heads ({m.num_heads} % {mp} != 0)")
@@ -323,6 +330,20 @@ def validate(cfg: Config) -> None:
     _require(t.loss_scale >= 1, "train.loss_scale", "must be >= 1")
     _require(t.loss_scale_factor > 1, "train.loss_scale_factor", "must be > 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _require(t.train_steps >= 1, "train.train_steps", "must be >= 1")
+    _require(t.save_every >= 0, "train.save_every", "must be >= 0 (0 = only at the end)")
+    _require(t.log_every >= 1, "train.log_every", "must be >= 1")
+    _require(t.loss_scale_factor.is_integer(), "train.loss_scale_factor",
+             "must be a whole number (MindSpore's DynamicLossScaler)")
+    _require(t.loss_scale_window >= 1, "train.loss_scale_window", "must be >= 1")
+    _require(t.grad_clip > 0, "train.grad_clip", "must be positive")
+    _require(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1/adam_beta2",
+             "must be in [0, 1)")
+    _require(t.adam_eps > 0, "train.adam_eps", "must be positive")
+    _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _require(t.dropout_rng in ("auto", "stateless", "native"), "train.dropout_rng",
+             "must be auto, stateless or native")
+    _require(t.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = measure)")
 
     inf = cfg.inference
     _require(0 <= inf.max_length <= m.max_position_embeddings, "inference.max_length",

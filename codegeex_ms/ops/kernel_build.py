@@ -1,6 +1,6 @@
 """Build and locate the fused-kernel libraries (``kernels/``) for each MindSpore device target.
 
-- CPU: ``kernels/<kernel>/cpu/*.cc`` → one ``.so`` per kernel, built with g++ (OpenMP,
+- CPU: ``kernels/<kernel>/cpu/*.cc`` → one ``.so`` per kernel, built with g++ (std::thread,
   ``-march=native`` on x86-64 / ``-mcpu=native`` on AArch64).
 - GPU: ``kernels/<kernel>/cuda/*.cu`` → one ``.so`` per kernel, built with nvcc.
 - Ascend: ``kernels/<kernel>/ascendc/{op_host,op_kernel}`` of all kernels → one custom operator
@@ -123,7 +123,7 @@ def cpu_command(kernel: str) -> list:
     for a library that other x86-64 machines can load)."""
     arch = {"x86_64": ["-march=native"], "aarch64": ["-mcpu=native"]}.get(platform.machine(), [])
     extra = os.environ.get("CODEGEEX_KERNEL_CXXFLAGS")
-    flags = ["-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off",
+    flags = ["-std=c++17", "-O3", "-fPIC", "-shared", "-pthread", "-fopenmp-simd", "-ffp-contract=off",
              "-fno-math-errno"] + (extra.split() if extra is not None else arch)
     return [os.environ.get("CXX", "g++"), *flags, f"-I{KERNEL_SOURCE_DIR / 'common' / 'cpu'}",
             *map(str, _sources(kernel, "cpu", {".cc"}))]

@@ -25,7 +25,7 @@
 namespace {
 
 constexpr float kMaskPenalty = 10000.0f;
-constexpr int64_t kRowGrainElems = 32768;  // rows per parallel chunk ~ this many elements
+constexpr int64_t kMinElemsPerThread = 32768;  // ~30 us of work per thread
 
 struct Geometry {
   int64_t batch, heads, queries, keys;  // B, N, S, T of the scores
@@ -99,32 +99,20 @@ void BackwardRows(const T *y, const T *dy, float scale, T *dx, int64_t t, int64_
 template <typename TS, typename TM>
 void Forward(const TS *scores, const TM *mask, float scale, TS *out, const Geometry &g) {
   const int64_t rows = g.batch * g.heads * g.queries;
-  const int64_t grain = g.keys >= kRowGrainElems ? 1 : kRowGrainElems / g.keys;
-  const int64_t chunks = (rows + grain - 1) / grain;
-#pragma omp parallel if (chunks > 1)
-  {
+  const int64_t min_rows = std::max<int64_t>(1, kMinElemsPerThread / g.keys);
+  cg::ParallelFor(rows, min_rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> scratch(static_cast<size_t>(2 * g.keys));
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t r1 = (c + 1) * grain < rows ? (c + 1) * grain : rows;
-      ForwardRows(scores, mask, scale, out, g, c * grain, r1, scratch.data(), scratch.data() + g.keys);
-    }
-  }
+    ForwardRows(scores, mask, scale, out, g, r0, r1, scratch.data(), scratch.data() + g.keys);
+  });
 }
 
 template <typename T>
 void Backward(const T *y, const T *dy, float scale, T *dx, int64_t rows, int64_t t) {
-  const int64_t grain = t >= kRowGrainElems ? 1 : kRowGrainElems / t;
-  const int64_t chunks = (rows + grain - 1) / grain;
-#pragma omp parallel if (chunks > 1)
-  {
+  const int64_t min_rows = std::max<int64_t>(1, kMinElemsPerThread / t);
+  cg::ParallelFor(rows, min_rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> scratch(static_cast<size_t>(2 * t));
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t r1 = (c + 1) * grain < rows ? (c + 1) * grain : rows;
-      BackwardRows(y, dy, scale, dx, t, c * grain, r1, scratch.data(), scratch.data() + t);
-    }
-  }
+    BackwardRows(y, dy, scale, dx, t, r0, r1, scratch.data(), scratch.data() + t);
+  });
 }
 
 template <typename TS>
