@@ -1,0 +1,67 @@
+"""The micro-batch stream of one data-parallel rank, restartable at any position.
+
+The position is the number of micro-batches this rank has consumed since the start of training
+(stored in checkpoints). Sample order, epochs and sharding are those of
+``codegeex_ms.data.sampling.sample_order``, so the stream resumed at position ``k`` is the
+uninterrupted stream without its first ``k`` batches.
+"""
+
+import math
+
+import numpy as np
+
+
+def _num_samples(cfg) -> int:
+    """Samples in the training data of ``cfg`` (one pass)."""
+    if cfg.data.finetune:
+        from codegeex_ms.data.finetune_dataset import read_pairs  # pylint: disable=import-outside-toplevel
+        return len(read_pairs(cfg.data.train_path)[0])
+    from codegeex_ms.data.mindrecord_io import check_shards, resolve_shards  # pylint: disable=import-outside-toplevel
+    files, manifest = resolve_shards(cfg.data.train_path)
+    return sum(check_shards(files, cfg.train.seq_length + 1, manifest))
+
+
+def _dataset(cfg, shard_id: int, num_shards: int, skip_samples: int, num_epochs: int):
+    common = dict(shuffle=cfg.data.shuffle, seed=cfg.train.seed, num_shards=num_shards,
+                  shard_id=shard_id, skip_samples=skip_samples, drop_remainder=True,
+                  num_parallel_workers=cfg.data.num_workers, num_epochs=num_epochs)
+    if cfg.data.finetune:
+        from codegeex_ms.data.finetune_dataset import create_finetune_dataset  # pylint: disable=import-outside-toplevel
+        from codegeex_ms.tokenizer import CodeGeeXTokenizer  # pylint: disable=import-outside-toplevel
+        tokenizer = CodeGeeXTokenizer.from_dir(cfg.tokenizer.path or None)
+        return create_finetune_dataset(cfg.data.train_path, tokenizer, cfg.train.seq_length,
+                                       cfg.train.micro_batch_size, **common)
+    from codegeex_ms.data.pretrain_dataset import create_pretrain_dataset  # pylint: disable=import-outside-toplevel
+    return create_pretrain_dataset(cfg.data.train_path, cfg.train.seq_length,
+                                   cfg.train.micro_batch_size, eod_reset=cfg.data.eod_reset,
+                                   eod_id=cfg.model.eod_token_id, **common)
+
+
+def check_data(cfg) -> None:
+    """Raise a clear error when ``data.train_path`` is unset or missing."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+    if not cfg.data.train_path:
+        raise ValueError("data.train_path is empty: set it to the preprocessed MindRecord directory "
+                         "(or a .jsonl with data.finetune=true), e.g. --set data.train_path=DIR")
+    if not Path(cfg.data.train_path).exists():
+        raise FileNotFoundError(f"data.train_path {cfg.data.train_path} does not exist; run "
+                                "`python -m codegeex_ms.preprocess` first or fix the path.")
+
+
+def micro_batches(cfg, shard_id: int, num_shards: int, start: int, count: int):
+    """Yield ``count`` micro-batches (tuples of the five int32/uint8/float32 NumPy columns, see
+    ``CodeGeeXWithLoss``) of rank ``shard_id`` of ``num_shards``, starting at position ``start``."""
+    if count <= 0:
+        return
+    check_data(cfg)
+    micro = cfg.train.micro_batch_size
+    per_rank = _num_samples(cfg) // num_shards
+    if per_rank < micro:
+        raise ValueError(f"{cfg.data.train_path} gives each of {num_shards} data-parallel rank(s) "
+                         f"{per_rank} sample(s), fewer than train.micro_batch_size={micro}; use "
+                         "more data or a smaller batch.")
+    num_epochs = max(1, math.ceil((start + count) * micro / per_rank))
+    dataset = _dataset(cfg, shard_id, num_shards, start * micro, num_epochs)
+    iterator = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    for _, batch in zip(range(count), iterator):
+        yield tuple(np.asarray(column) for column in batch)
