@@ -27,19 +27,16 @@ def document_starts(tokens: np.ndarray, eod_id: int) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(tokens[:-1] == eod_id) + 1])
 
 
-def _row_masks(tokens: np.ndarray, eod_id: int, eod_reset: bool):
+def _fill_row(tokens: np.ndarray, eod_id: int, position_ids: np.ndarray,
+              attention_mask: np.ndarray) -> None:
+    """Write one row's EOD-reset positions and block-diagonal causal mask (zero-initialised)."""
     size = tokens.shape[0]
-    loss_mask = (tokens != eod_id).astype(np.float32)
-    if not eod_reset:
-        return np.arange(size, dtype=np.int32), _causal(size).copy(), loss_mask
     bounds = np.append(document_starts(tokens, eod_id), size)
     lengths = np.diff(bounds)
-    position_ids = (np.arange(size) - np.repeat(bounds[:-1], lengths)).astype(np.int32)
-    attention_mask = np.zeros((size, size), dtype=np.uint8)
+    position_ids[:] = np.arange(size) - np.repeat(bounds[:-1], lengths)
     causal = _causal(size)
     for start, length in zip(bounds[:-1], lengths):
         attention_mask[start:start + length, start:start + length] = causal[:length, :length]
-    return position_ids, attention_mask, loss_mask
 
 
 def eod_reset_masks(tokens, eod_id: int, eod_reset: bool = True):
@@ -49,9 +46,18 @@ def eod_reset_masks(tokens, eod_id: int, eod_reset: bool = True):
     [..., S])``; ``attention_mask[i, j] = 1`` when query ``i`` may attend to key ``j``.
     """
     tokens = np.asarray(tokens)
-    if tokens.ndim == 1:
-        return _row_masks(tokens, eod_id, eod_reset)
-    if tokens.ndim != 2:
+    if tokens.ndim not in (1, 2):
         raise ValueError(f"tokens must have shape [S] or [B, S], got {tokens.shape}")
-    rows = [_row_masks(row, eod_id, eod_reset) for row in tokens]
-    return tuple(np.stack(parts) for parts in zip(*rows))
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    size = rows.shape[1]
+    loss_mask = (rows != eod_id).astype(np.float32)
+    if eod_reset:
+        position_ids = np.empty(rows.shape, dtype=np.int32)
+        attention_mask = np.zeros((rows.shape[0], size, size), dtype=np.uint8)
+        for row, pos, mask in zip(rows, position_ids, attention_mask):
+            _fill_row(row, eod_id, pos, mask)
+    else:
+        position_ids = np.broadcast_to(np.arange(size, dtype=np.int32), rows.shape).copy()
+        attention_mask = np.broadcast_to(_causal(size), (rows.shape[0], size, size)).copy()
+    outputs = (position_ids, attention_mask, loss_mask)
+    return tuple(o[0] for o in outputs) if tokens.ndim == 1 else outputs

@@ -17,14 +17,33 @@ class Linear(nn.Cell):
     """``y = x · Wᵀ + b`` over the last axis. ``weight`` [out, in], ``bias`` [out] (torch layout).
 
     Input [..., in] in any float dtype; output [..., out] in ``compute_dtype``.
+
+    ``weight_quant="int8"`` (W8A16, see ``codegeex_ms.model.quant``): ``weight`` is int8 [out, in]
+    and ``weight_scale`` FP32 [out], ``W = weight · weight_scale[:, None]``; the bias stays float.
+    With FP32 compute the scale is applied after the matmul, ``y = (x · weightᵀ) · scale + b``:
+    the int8 → FP32 cast is exact, so this differs from multiplying by the dequantized W only by
+    FP32 rounding (relative ~1e-7, far below the quantization error of ~scale/2 per weight) and
+    saves a pass over the weight. With FP16 compute the weight is dequantized first (in FP32, then
+    cast), because ``x · weightᵀ`` is 1/scale (~10³) times larger than ``y`` and could overflow FP16.
     """
 
     def __init__(self, in_features, out_features, compute_dtype="float32", param_dtype="float32",
-                 init_std=0.02):
+                 init_std=0.02, weight_quant="none"):
         super().__init__()
+        if weight_quant not in ("none", "int8"):
+            raise ValueError(f"weight_quant={weight_quant!r}: must be 'none' or 'int8'")
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Parameter(initializer(Normal(init_std), [out_features, in_features],
-                                            DTYPE[param_dtype]), name="weight")
+        self.quantized = weight_quant == "int8"
+        self.fold_scale = self.quantized and compute_dtype == "float32"
+        if self.quantized:
+            self.weight = Parameter(initializer(Zero(), [out_features, in_features], ms.int8),
+                                    name="weight", requires_grad=False)
+            self.weight_scale = Parameter(initializer(Zero(), [out_features], ms.float32),
+                                          name="weight_scale", requires_grad=False)
+            self.scale_mul = ops.Mul()
+        else:
+            self.weight = Parameter(initializer(Normal(init_std), [out_features, in_features],
+                                                DTYPE[param_dtype]), name="weight")
         self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[param_dtype]), name="bias")
         self.compute_dtype = DTYPE[compute_dtype]
         self.matmul = ops.MatMul(transpose_b=True)
@@ -37,6 +56,9 @@ class Linear(nn.Cell):
         self.matmul.shard(((dp, 1), (mp, 1)))
         self.bias_add.shard(((dp, mp), (mp,)))
         self.split = {"weight": (mp, 1), "bias": (mp,)}
+        if self.quantized:
+            self.scale_mul.shard(((dp, mp), (mp,)) if self.fold_scale else ((mp, 1), (mp, 1)))
+            self.split["weight_scale"] = (mp,)
         return self
 
     def shard_row(self, dp, mp):
@@ -44,17 +66,33 @@ class Linear(nn.Cell):
         self.matmul.shard(((dp, mp), (1, mp)))
         self.bias_add.shard(((dp, 1), (1,)))
         self.split = {"weight": (1, mp), "bias": (1,)}
+        if self.quantized:
+            self.scale_mul.shard(((dp, 1), (1,)) if self.fold_scale else ((1, mp), (1, 1)))
+            self.split["weight_scale"] = (1,)
         return self
 
     def shard_inputs(self, rows):
         """Input shapes of the sharded primitives for ``rows`` flattened tokens."""
-        return {"matmul": [(rows, self.in_features), (self.out_features, self.in_features)],
-                "bias_add": [(rows, self.out_features), (self.out_features,)]}
+        shapes = {"matmul": [(rows, self.in_features), (self.out_features, self.in_features)],
+                  "bias_add": [(rows, self.out_features), (self.out_features,)]}
+        if self.fold_scale:
+            shapes["scale_mul"] = [(rows, self.out_features), (self.out_features,)]
+        elif self.quantized:
+            shapes["scale_mul"] = [(self.out_features, self.in_features), (self.out_features, 1)]
+        return shapes
 
     def construct(self, x):
         out_shape = x.shape[:-1] + (self.out_features,)
         x = self.reshape(self.cast(x, self.compute_dtype), (-1, self.in_features))
-        y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
+        if self.fold_scale:
+            y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
+            y = self.scale_mul(y, self.weight_scale)
+        elif self.quantized:
+            w = self.scale_mul(self.cast(self.weight, ms.float32),
+                               self.reshape(self.weight_scale, (self.out_features, 1)))
+            y = self.matmul(x, self.cast(w, self.compute_dtype))
+        else:
+            y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
         y = self.bias_add(y, self.cast(self.bias, self.compute_dtype))
         return self.reshape(y, out_shape)
 

@@ -26,10 +26,11 @@ class Attention(nn.Cell):
         super().__init__()
         h, dt, pdt, std = cfg.hidden_size, cfg.compute_dtype, cfg.param_dtype, cfg.init_std
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.query = Linear(h, h, dt, pdt, std)
-        self.key = Linear(h, h, dt, pdt, std)
-        self.value = Linear(h, h, dt, pdt, std)
-        self.dense = Linear(h, h, dt, pdt, std)
+        q8 = cfg.weight_quant
+        self.query = Linear(h, h, dt, pdt, std, q8)
+        self.key = Linear(h, h, dt, pdt, std, q8)
+        self.value = Linear(h, h, dt, pdt, std, q8)
+        self.dense = Linear(h, h, dt, pdt, std, q8)
         self.softmax = MaskedSoftmax(1.0 / math.sqrt(self.head_dim), fused=cfg.fused_kernels)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.scores = ops.BatchMatMul(transpose_b=True)
@@ -84,8 +85,8 @@ class MLP(nn.Cell):
         super().__init__()
         h, f, dt, pdt, std = (cfg.hidden_size, cfg.ffn_hidden_size, cfg.compute_dtype,
                               cfg.param_dtype, cfg.init_std)
-        self.dense_h_to_4h = Linear(h, f, dt, pdt, std)
-        self.dense_4h_to_h = Linear(f, h, dt, pdt, std)
+        self.dense_h_to_4h = Linear(h, f, dt, pdt, std, cfg.weight_quant)
+        self.dense_4h_to_h = Linear(f, h, dt, pdt, std, cfg.weight_quant)
         self.activation = FastGelu(fused=cfg.fused_kernels)
 
     def shard(self, dp, mp):

@@ -115,9 +115,12 @@ def optimizer_shard_size_for(params: Dict[str, PlannedParameter], parallel) -> i
     ``optimizer_shard`` is off, else :func:`largest_optimizer_shard_size` (MindSpore's default
     group, all data-parallel replicas, leaves most CodeGeeX-13B tensors whole at dp=192 because
     e.g. 5120 / 8 = 640 rows do not divide into 192 pieces). Training passes it to
-    ``optimizer_weight_shard_size``."""
+    ``optimizer_weight_shard_size``. A positive ``parallel.optimizer_shard_size`` is used as is."""
     if not parallel.optimizer_shard:
         return 0
+    if parallel.optimizer_shard_size:
+        check_optimizer_shard_size(parallel.data_parallel, parallel.optimizer_shard_size)
+        return parallel.optimizer_shard_size
     return largest_optimizer_shard_size(params, parallel.data_parallel, parallel.model_parallel)
 
 
