@@ -1,6 +1,7 @@
-"""Pre-training and fine-tuning data: sources, filters, packing, MindRecord shards, datasets.
+"""Pre-training and fine-tuning data.
 
-Submodules import MindSpore only where they need it (``mindrecord_io``, ``pretrain_dataset``,
-``finetune_dataset``); ``masks``, ``packing``, ``filters``, ``languages`` and ``sources`` are pure
-Python/NumPy.
+``sources`` (inputs, reading) -> ``languages`` (tags) -> ``filters`` -> ``pipeline`` (workers,
+dedup, shuffle) -> ``packing`` -> ``mindrecord_io`` (shards, manifest); ``sampling`` and ``masks``
+feed ``pretrain_dataset`` and ``finetune_dataset``. Only ``mindrecord_io``'s functions and the two
+dataset factories import MindSpore; ``masks`` and ``sampling`` are NumPy only.
 """

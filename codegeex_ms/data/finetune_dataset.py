@@ -68,7 +68,8 @@ def encode_pairs(prompts: list[str], completions: list[str], tokenizer,
 
 
 def finetune_columns(tokens, completion_mask, eod_id: int) -> tuple:
-    """The five training columns of one example; the loss mask is the completion mask."""
+    """The five training columns of examples (one or a batch); the loss mask is the completion
+    mask."""
     input_ids, labels, position_ids, attention_mask, _ = pretrain_columns(tokens, eod_id, True)
     return input_ids, labels, position_ids, attention_mask, np.asarray(completion_mask, np.float32)
 
@@ -88,7 +89,8 @@ def create_finetune_dataset(jsonl_path, tokenizer, seq_length: int, batch_size: 
                          shard_id=shard_id, num_epochs=num_epochs, skip_samples=skip_samples)
     dataset = ds.NumpySlicesDataset((tokens[order], mask[order]),
                                     column_names=["tokens", "completion_mask"], shuffle=False)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(partial(finetune_columns, eod_id=tokenizer.eod_id),
                           input_columns=["tokens", "completion_mask"], output_columns=list(COLUMNS),
                           num_parallel_workers=num_parallel_workers)
-    return dataset.project(list(COLUMNS)).batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.project(list(COLUMNS))
