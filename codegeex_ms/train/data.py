@@ -6,7 +6,7 @@ The position is the number of micro-batches this rank has consumed since the sta
 uninterrupted stream without its first ``k`` batches.
 """
 
-import math
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +22,8 @@ def _num_samples(cfg) -> int:
 
 
 def _dataset(cfg, shard_id: int, num_shards: int, skip_samples: int, num_epochs: int):
+    """Single-sample batches of this rank's stream from ``skip_samples`` to the end of epoch
+    ``num_epochs`` (MindDataset's subset sampler takes at most one pass of indices at a time)."""
     common = dict(shuffle=cfg.data.shuffle, seed=cfg.train.seed, num_shards=num_shards,
                   shard_id=shard_id, skip_samples=skip_samples, drop_remainder=True,
                   num_parallel_workers=cfg.data.num_workers, num_epochs=num_epochs)
@@ -29,17 +31,15 @@ def _dataset(cfg, shard_id: int, num_shards: int, skip_samples: int, num_epochs:
         from codegeex_ms.data.finetune_dataset import create_finetune_dataset  # pylint: disable=import-outside-toplevel
         from codegeex_ms.tokenizer import CodeGeeXTokenizer  # pylint: disable=import-outside-toplevel
         tokenizer = CodeGeeXTokenizer.from_dir(cfg.tokenizer.path or None)
-        return create_finetune_dataset(cfg.data.train_path, tokenizer, cfg.train.seq_length,
-                                       cfg.train.micro_batch_size, **common)
+        return create_finetune_dataset(cfg.data.train_path, tokenizer, cfg.train.seq_length, 1, **common)
     from codegeex_ms.data.pretrain_dataset import create_pretrain_dataset  # pylint: disable=import-outside-toplevel
-    return create_pretrain_dataset(cfg.data.train_path, cfg.train.seq_length,
-                                   cfg.train.micro_batch_size, eod_reset=cfg.data.eod_reset,
-                                   eod_id=cfg.model.eod_token_id, **common)
+    return create_pretrain_dataset(cfg.data.train_path, cfg.train.seq_length, 1,
+                                   eod_reset=cfg.data.eod_reset, eod_id=cfg.model.eod_token_id,
+                                   **common)
 
 
 def check_data(cfg) -> None:
     """Raise a clear error when ``data.train_path`` is unset or missing."""
-    from pathlib import Path  # pylint: disable=import-outside-toplevel
     if not cfg.data.train_path:
         raise ValueError("data.train_path is empty: set it to the preprocessed MindRecord directory "
                          "(or a .jsonl with data.finetune=true), e.g. --set data.train_path=DIR")
@@ -56,12 +56,14 @@ def micro_batches(cfg, shard_id: int, num_shards: int, start: int, count: int):
     check_data(cfg)
     micro = cfg.train.micro_batch_size
     per_rank = _num_samples(cfg) // num_shards
-    if per_rank < micro:
-        raise ValueError(f"{cfg.data.train_path} gives each of {num_shards} data-parallel rank(s) "
-                         f"{per_rank} sample(s), fewer than train.micro_batch_size={micro}; use "
-                         "more data or a smaller batch.")
-    num_epochs = max(1, math.ceil((start + count) * micro / per_rank))
-    dataset = _dataset(cfg, shard_id, num_shards, start * micro, num_epochs)
-    iterator = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
-    for _, batch in zip(range(count), iterator):
-        yield tuple(np.asarray(column) for column in batch)
+    position, end, rows = start * micro, (start + count) * micro, []
+    while position < end:  # one epoch (or its remainder) at a time
+        dataset = _dataset(cfg, shard_id, num_shards, position, position // per_rank + 1)
+        for row in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+            rows.append(row)
+            position += 1
+            if len(rows) == micro:
+                yield tuple(np.concatenate(column) for column in zip(*rows))
+                rows = []
+            if position == end:
+                break
