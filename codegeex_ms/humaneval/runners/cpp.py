@@ -12,7 +12,7 @@ class CppRunner(Runner):
     flags = ["-std=c++17", "-O0"]
 
     def setup(self) -> None:
-        self.gxx = require_executable("g++", "apt-get install g++ libssl-dev")
+        self.gxx = require_executable("g++", "apt-get install g++ libssl-dev libboost-dev")
         self.version = command_output([str(self.gxx), "--version"]).splitlines()[0]
 
     def steps(self, workdir, slot, sandbox) -> list:

@@ -1,0 +1,226 @@
+"""HumanEval-X evaluation: generate samples, execute them in a sandbox, score pass@k.
+
+    python -m codegeex_ms.evaluate --output-dir runs/heval --steps generate,execute,score \\
+        --config CFG --checkpoint CKPT --tokenizer-dir DIR --languages python,cpp \\
+        --samples-per-problem 200 --temperature 0.8 --top-p 0.95
+
+Steps run separately or together. Each appends to files in ``--output-dir`` as it goes, so an
+interrupted run resumes without redoing finished samples:
+
+- ``samples.jsonl``  one completion per line (generate)
+- ``results.jsonl``  one execution outcome per line (execute); ``execution.json`` says which
+  isolation was in force, the toolchain versions and which languages were skipped
+- ``pass_at_k.json``, ``pass_at_k.md``, ``pass_at_k.png``, ``per_problem.csv`` (score)
+
+``--generator canonical`` answers with the dataset's solutions (a harness self-check: every
+sample should pass). Execution and scoring never import MindSpore.
+"""
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .humaneval.execution import Executor, eval_cache_dir
+from .humaneval.evaluation import execute_samples
+from .humaneval.generation import SamplingConfig, generate_samples
+from .humaneval.jsonl import read_records
+from .humaneval.languages import parse_language_list
+from .humaneval.oracle import canonical_generate_fn
+from .humaneval.problems import load_problems, select_problems
+from .humaneval.prompts import Track
+from .humaneval.report import write_chart, write_json, write_markdown, write_per_problem
+from .humaneval.runners import StepLimits
+from .humaneval.sandbox import ISOLATION_CHOICES, Limits
+from .humaneval.scoring import score
+
+STEPS = ("generate", "execute", "score")
+# Settings that must not change when generation resumes into an existing output directory.
+_RUN_KEYS = ("task", "source_language", "generator", "temperature", "top_p", "max_new_tokens",
+             "seed")
+
+
+def _int_list(text: str) -> list:
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m codegeex_ms.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True, type=Path, help="where the .jsonl/report files go")
+    p.add_argument("--steps", default="generate,execute,score",
+                   help="comma-separated subset of generate,execute,score (default: all)")
+    g = p.add_argument_group("problems")
+    g.add_argument("--task", choices=("generation", "translation"), default="generation")
+    g.add_argument("--languages", default=None,
+                   help="target languages (python,cpp,java,js,go,rust or 'all'); generate default "
+                        "all; execute/score default: every track in samples.jsonl")
+    g.add_argument("--source-language", help="translation source language")
+    g.add_argument("--limit-problems", type=int, help="only the first N problems")
+    g.add_argument("--problems", type=_int_list, help="problem numbers, e.g. '0,5,10-12'")
+    g = p.add_argument_group("generate")
+    g.add_argument("--generator", choices=("model", "canonical"), default="model",
+                   help="'model': codegeex_ms.generate.load_generator; 'canonical': dataset "
+                        "solutions (harness check)")
+    g.add_argument("--config", help="model config (for --generator model)")
+    g.add_argument("--checkpoint", help="model checkpoint (for --generator model)")
+    g.add_argument("--tokenizer-dir", help="tokenizer directory (for --generator model)")
+    d = SamplingConfig()
+    g.add_argument("--samples-per-problem", type=int, default=d.samples_per_problem)
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("execute")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="parallel samples (default: CPU count)")
+    g.add_argument("--isolation", choices=ISOLATION_CHOICES, default="auto",
+                   help="sandbox: bubblewrap when usable (auto), or rlimits only")
+    g.add_argument("--run-timeout", type=float, default=Limits().wall_s,
+                   help="seconds per test run")
+    g.add_argument("--compile-timeout", type=float, default=StepLimits().compile.wall_s,
+                   help="seconds per compilation")
+    g.add_argument("--python", help="interpreter for Python samples (default: this one; needs numpy)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help=f"prepared dependencies (default {eval_cache_dir()})")
+    g.add_argument("--scratch-dir", type=Path, default=None,
+                   help="parent of per-sample directories (default: system temp)")
+    g = p.add_argument_group("score")
+    g.add_argument("--ks", type=_int_list, default=[1, 10, 100], help="k values (default 1,10,100)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _tracks(args) -> list:
+    languages = parse_language_list(args.languages or "all")
+    if args.task == "translation":
+        if not args.source_language:
+            raise SystemExit("--task translation needs --source-language")
+        src = Track(args.source_language, None).language
+        return [Track(lang, src) for lang in languages if lang != src]
+    return [Track(lang) for lang in languages]
+
+
+def _load(languages, args) -> dict:
+    problems = {}
+    for lang in languages:
+        numbers = set(args.problems) if args.problems else None
+        problems[lang] = select_problems(load_problems(lang), args.limit_problems, numbers)
+    return problems
+
+
+def _check_run_config(path: Path, current: dict) -> None:
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diff = {k: (saved.get(k), current[k]) for k in _RUN_KEYS if saved.get(k) != current[k]}
+        if diff:
+            raise SystemExit(f"{path} was written with different settings {diff} (saved, now); "
+                             "use another --output-dir or the saved settings")
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _model_generate_fn(args):
+    missing = [f"--{n.replace('_', '-')}" for n in ("config", "checkpoint", "tokenizer_dir")
+               if not getattr(args, n)]
+    if missing:
+        raise SystemExit(f"--generator model needs {', '.join(missing)}")
+    from .generate import load_generator  # imports MindSpore: only when generating
+    return load_generator(config=args.config, checkpoint=args.checkpoint,
+                          tokenizer_dir=args.tokenizer_dir)
+
+
+def step_generate(args, generate_fn=None) -> None:
+    tracks = _tracks(args)
+    languages = {t.language for t in tracks} | {t.source for t in tracks if t.source}
+    problems = _load(sorted(languages), args)
+    cfg = SamplingConfig(args.samples_per_problem, args.temperature, args.top_p,
+                         args.max_new_tokens, args.batch_size, args.seed)
+    _check_run_config(args.output_dir / "run_config.json",
+                      {"task": args.task, "source_language": args.source_language,
+                       "generator": "custom" if generate_fn else args.generator,
+                       "temperature": cfg.temperature, "top_p": cfg.top_p,
+                       "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed})
+    canonical = generate_fn is None and args.generator == "canonical"
+    if generate_fn is None:
+        generate_fn = (canonical_generate_fn(tracks, problems) if canonical
+                       else _model_generate_fn(args))
+    added = generate_samples(tracks, problems, generate_fn, args.output_dir / "samples.jsonl",
+                             cfg, truncate=not canonical, progress=not args.no_progress)
+    print(f"generate: {added} new samples in {args.output_dir / 'samples.jsonl'}")
+
+
+def _sample_tracks(args) -> list:
+    names = dict.fromkeys(r["track"] for r in read_records(args.output_dir / "samples.jsonl"))
+    if args.languages:
+        wanted = set(parse_language_list(args.languages))
+        names = {n: None for n in names if Track.parse(n).language in wanted}
+    return list(names)
+
+
+def step_execute(args) -> None:
+    tracks = [Track.parse(n) for n in _sample_tracks(args)]
+    if not tracks:
+        raise SystemExit(f"no samples in {args.output_dir / 'samples.jsonl'}: run the generate step")
+    languages = sorted({t.language for t in tracks})
+    problems = {lang: load_problems(lang) for lang in languages}
+    default = StepLimits()
+    limits = StepLimits(run=replace(default.run, wall_s=args.run_timeout),
+                        compile=replace(default.compile, wall_s=args.compile_timeout))
+    with Executor(languages, workers=args.workers, isolation=args.isolation, limits=limits,
+                  cache_dir=args.cache_dir, scratch_dir=args.scratch_dir,
+                  python=args.python) as executor:
+        meta = executor.describe()
+        print(f"execute: isolation: {meta['isolation_detail']}")
+        for lang, reason in meta["skipped"].items():
+            print(f"execute: skipping {lang}: {reason}", file=sys.stderr)
+        (args.output_dir / "execution.json").write_text(json.dumps(meta, indent=2) + "\n")
+        stats = execute_samples(args.output_dir / "samples.jsonl",
+                                args.output_dir / "results.jsonl", problems, executor,
+                                workers=args.workers, progress=not args.no_progress)
+    print(f"execute: {stats['executed']} samples run; skipped: "
+          f"{ {k: v[1] for k, v in stats['skipped'].items()} or 'none'}")
+
+
+def step_score(args) -> None:
+    out = args.output_dir
+    results = read_records(out / "results.jsonl")
+    meta_path = out / "execution.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    names = set(_sample_tracks(args))
+    results = [r for r in results if r["track"] in names]
+    summary, rows = score(results, args.ks, sample_tracks=sorted(names),
+                          skipped=meta.get("skipped"))
+    summary["isolation"] = meta.get("isolation_detail")
+    write_json(out / "pass_at_k.json", summary)
+    write_markdown(out / "pass_at_k.md", summary)
+    write_per_problem(out / "per_problem.csv", rows, args.ks)
+    if summary["tracks"]:
+        write_chart(out / "pass_at_k.png", summary)
+    print((out / "pass_at_k.md").read_text())
+
+
+def main(argv=None, generate_fn=None) -> None:
+    """CLI entry point; ``generate_fn`` replaces the model (used by tests)."""
+    args = build_parser().parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad or not steps:
+        raise SystemExit(f"--steps: unknown {bad or steps}; use a subset of {','.join(STEPS)}")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if "generate" in steps:
+        step_generate(args, generate_fn)
+    if "execute" in steps:
+        step_execute(args)
+    if "score" in steps:
+        step_score(args)
+
+
+if __name__ == "__main__":
+    main()
