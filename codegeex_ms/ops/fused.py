@@ -23,7 +23,9 @@ from codegeex_ms.ops import kernel_build
 
 MODES = ("auto", "on", "off")
 FLOAT_TYPES = (ms.float16, ms.float32)
-MASK_TYPES = (ms.float16, ms.float32, ms.uint8, ms.bool_)
+MASK_TYPES = {"CPU": (ms.float16, ms.float32, ms.uint8, ms.bool_), "GPU": (ms.float16, ms.float32, ms.uint8, ms.bool_),
+              "Ascend": (ms.float16, ms.float32)}
+"""Mask dtypes each target's masked-softmax kernel reads."""
 ASCEND_OP_NAMES = {
     "fast_gelu": ("FastGeluCustom", "FastGeluGradCustom"),
     "masked_softmax": ("MaskedSoftmaxCustom", "MaskedSoftmaxGradCustom"),
@@ -133,9 +135,10 @@ def _softmax_shape(scores_shape, mask_shape, scale_shape):
 def _softmax_dtype(scores_dtype, mask_dtype, scale_dtype):
     if _elem(scores_dtype) not in FLOAT_TYPES:
         raise TypeError(f"fused masked softmax supports float16/float32 scores, got {scores_dtype}")
-    if _elem(mask_dtype) not in MASK_TYPES:
-        raise TypeError(f"fused masked softmax supports float16/float32/uint8/bool masks, got {mask_dtype}; "
-                        "cast the mask first")
+    allowed = MASK_TYPES[ms.get_context("device_target")]
+    if _elem(mask_dtype) not in allowed:
+        raise TypeError(f"fused masked softmax on {ms.get_context('device_target')} takes {allowed} masks, "
+                        f"got {mask_dtype}; cast the mask first")
     if _elem(scale_dtype) != ms.float32:
         raise TypeError(f"scale must be float32, got {scale_dtype}")
     return scores_dtype

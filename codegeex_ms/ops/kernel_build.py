@@ -11,11 +11,11 @@ Outputs go to a per-user cache, ``$CODEGEEX_KERNEL_DIR`` or ``~/.cache/codegeex_
 under a name that hashes the sources, the compiler command and the host CPU, so an edited source
 or another machine gets a fresh build and concurrent processes share one (a file lock serialises
 builds). ``locate`` builds on first use; failures raise ``KernelUnavailable`` with the reason.
+``python -m codegeex_ms.ops.build_kernels`` (``run_scripts/build_kernels.sh``) builds ahead of time.
 """
 
 import fcntl
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -231,7 +231,7 @@ def build_ascend() -> Path:
     def build(tmp: Path) -> Path:
         for part in ("op_host", "op_kernel"):
             (tmp / part).mkdir()
-            for kernel, sub in KERNELS.items():
+            for sub in KERNELS.values():
                 for f in (KERNEL_SOURCE_DIR / sub / "ascendc" / part).glob("*"):
                     shutil.copy(f, tmp / part / f.name)
         install = tmp / "opp"
@@ -287,38 +287,3 @@ def locate(kernel: str, target: str) -> str:
 def manifest() -> dict:
     """Which libraries this process located or failed to locate (for logs and benchmarks)."""
     return {f"{k}/{t}": (v if isinstance(v, str) else f"unavailable: {v}") for (k, t), v in _RESULTS.items()}
-
-
-def main(argv=None) -> int:
-    """CLI behind ``run_scripts/build_kernels.sh``: build what this machine can, report the rest."""
-    import argparse  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(
-        description="Build the fused kernels (FastGELU, masked softmax) into the kernel cache "
-                    f"({cache_dir()}; override with $CODEGEEX_KERNEL_DIR). CPU always; GPU when "
-                    "nvcc is present; Ascend when CANN is present.")
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS),
-                        help="device targets to build for (default: all)")
-    parser.add_argument("--json", metavar="PATH", help="also write the outcome as JSON")
-    args = parser.parse_args(argv)
-    report, failed = {}, False
-    for target in args.targets:
-        for kernel in (KERNELS if target != "Ascend" else ["fast_gelu"]):
-            name = f"{target}/{kernel}" if target != "Ascend" else "Ascend/all kernels"
-            try:
-                report[name] = {"status": "built", "path": locate(kernel, target)}
-            except KernelUnavailable as err:
-                first = str(err).splitlines()[0]
-                missing_tool = any(s in first for s in ("not found", "is unset", "is missing"))
-                report[name] = {"status": "skipped" if missing_tool else "FAILED", "reason": str(err)}
-                failed |= not missing_tool
-            entry = report[name]
-            print(f"{name:28s} {entry['status']:8s} {entry.get('path') or entry['reason'].splitlines()[0]}")
-            if entry["status"] == "FAILED":
-                print(entry["reason"])
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
