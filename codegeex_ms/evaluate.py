@@ -23,6 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .config import add_config_args, config_from_args
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.evaluation import execute_samples
 from .humaneval.generation import SamplingConfig, generate_samples
@@ -68,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--generator", choices=("model", "canonical"), default="model",
                    help="'model': codegeex_ms.generate.load_generator; 'canonical': dataset "
                         "solutions (harness check)")
-    g.add_argument("--config", help="model config (for --generator model)")
+    add_config_args(g)
     g.add_argument("--checkpoint", help="model checkpoint (for --generator model)")
-    g.add_argument("--tokenizer-dir", help="tokenizer directory (for --generator model)")
+    g.add_argument("--tokenizer-dir", help="tokenizer directory (default: config / shared data)")
+    g.add_argument("--mode", choices=("graph", "pynative"), default="graph",
+                   help="MindSpore execution mode")
+    g.add_argument("--device-target", choices=("CPU", "GPU", "Ascend"), default=None)
     d = SamplingConfig()
     g.add_argument("--samples-per-problem", type=int, default=d.samples_per_problem)
     g.add_argument("--temperature", type=float, default=d.temperature)
@@ -127,13 +131,24 @@ def _check_run_config(path: Path, current: dict) -> None:
 
 
 def _model_generate_fn(args):
-    missing = [f"--{n.replace('_', '-')}" for n in ("config", "checkpoint", "tokenizer_dir")
-               if not getattr(args, n)]
+    """generate_fn over ``codegeex_ms.generate.load_generator`` (imports MindSpore lazily)."""
+    missing = [f"--{n}" for n in ("config", "checkpoint") if not getattr(args, n)]
     if missing:
         raise SystemExit(f"--generator model needs {', '.join(missing)}")
-    from .generate import load_generator  # imports MindSpore: only when generating
-    return load_generator(config=args.config, checkpoint=args.checkpoint,
-                          tokenizer_dir=args.tokenizer_dir)
+    from .generate import load_generator
+    from .inference.sampling import SamplingParams
+    generator = load_generator(config_from_args(args), args.checkpoint, args.tokenizer_dir,
+                               args.mode, args.device_target)
+
+    def generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed, stop_fn):
+        # The generator's stop callback returns the final text (or None to go on); the full
+        # text is kept here and cut by generate_samples with the same rule.
+        completions = generator.generate(
+            prompts, max_new_tokens, SamplingParams(temperature, 0, top_p), seed=seed,
+            stop_fn=lambda text: text if stop_fn(text) else None, truncate="left")
+        return [c.text for c in completions]
+
+    return generate_fn
 
 
 def step_generate(args, generate_fn=None) -> None:

@@ -1,6 +1,5 @@
 """Executing assembled programs: per-sample directories, compile/run steps, outcome statuses."""
 
-import itertools
 import os
 import shutil
 import tempfile
@@ -65,7 +64,6 @@ class Executor:
         self.cache_dir = Path(cache_dir or eval_cache_dir())
         self.workspace = Path(tempfile.mkdtemp(prefix="codegeex_eval_", dir=scratch_dir))
         os.chmod(self.workspace, 0o711)  # sandbox uids must traverse it to reach their directory
-        self._counter = itertools.count()
         self.runners, self.skipped = {}, {}
         for key in languages:
             kwargs = {"interpreter": python} if key == "python" else {}
@@ -92,7 +90,9 @@ class Executor:
         runner = self.runners[language]
         start = time.monotonic()
         with self.sandbox.slot() as slot:
-            workdir = self.workspace / f"{language}-{next(self._counter)}"
+            # One directory per slot, emptied after each sample: a stable path lets compilers
+            # that key caches by directory (Go) reuse their work.
+            workdir = self.workspace / f"slot-{slot.index}"
             workdir.mkdir()
             try:
                 runner.write_files(workdir, source)

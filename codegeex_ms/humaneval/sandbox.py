@@ -26,6 +26,7 @@ which the whole process group is SIGKILLed, and a cap on captured stdout + stder
 the program is killed.
 """
 
+import json
 import os
 import queue
 import resource
@@ -44,6 +45,7 @@ RLIMITS = "rlimits"
 ISOLATION_CHOICES = ("auto", BUBBLEWRAP, RLIMITS)
 DEFAULT_UID_BASE = 61000
 _MIB = 1 << 20
+_GRACE_S = 10.0  # wait for a killed sandbox to be gone
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ class Sandbox:
         if self.isolation == BUBBLEWRAP:
             cmd = self._bwrap_argv(list(argv), cwd, limits, slot, env, visible, writable)
             return _run_capped(cmd, cwd=cwd, env={"PATH": env["PATH"]}, limits=limits,
-                               preexec=None)
+                               preexec=None, bwrap=True)
         # RLIMIT_NPROC counts the uid's tasks host-wide (and never binds root): allow for the
         # tasks that already exist.
         nproc = None if self.is_root else _count_own_tasks() + limits.max_procs
@@ -307,51 +309,95 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _run_capped(cmd, *, cwd, env, limits: Limits, preexec) -> RunResult:
-    """Run ``cmd`` in a new session; kill its group on timeout or when output passes the cap."""
+def _run_capped(cmd, *, cwd, env, limits: Limits, preexec, bwrap: bool = False) -> RunResult:
+    """Run ``cmd`` in a new session; kill it on timeout or when its output passes the cap.
+
+    With ``bwrap`` the kill goes to the sandbox's PID-namespace init (its host pid comes from
+    ``--info-fd``): the kernel then kills every process in the namespace, and bwrap exits only
+    once they are all gone, so nothing outlives the call. Otherwise the process group is killed.
+    """
     start = time.monotonic()
     deadline = start + limits.wall_s
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=preexec)
-    chunks = {proc.stdout: [], proc.stderr: []}
+    info_r = info_w = None
+    if bwrap:
+        info_r, info_w = os.pipe()
+        cmd = [cmd[0], "--info-fd", str(info_w)] + list(cmd[1:])
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=preexec,
+                                pass_fds=(info_w,) if bwrap else ())
+    finally:
+        if info_w is not None:
+            os.close(info_w)
+    chunks = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    info = []
     total, timed_out, exceeded = 0, False, False
     sel = selectors.DefaultSelector()
-    for pipe in chunks:
-        os.set_blocking(pipe.fileno(), False)
-        sel.register(pipe, selectors.EVENT_READ)
+    for fd in list(chunks) + ([info_r] if bwrap else []):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
     try:
-        while sel.get_map():
+        while sel.get_map() and not exceeded:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
                 break
             for key, _ in sel.select(timeout=min(remaining, 0.5)):
-                data = key.fileobj.read(65536)
+                data = os.read(key.fd, 65536)
                 if not data:
-                    sel.unregister(key.fileobj)
-                    continue
-                keep = max(0, limits.max_output_bytes - total)
-                chunks[key.fileobj].append(data[:keep])
-                total += len(data)
-                if total > limits.max_output_bytes:
-                    exceeded = True
-                    break
-            if exceeded:
-                break
+                    sel.unregister(key.fd)
+                elif key.fd == info_r:
+                    info.append(data)
+                else:
+                    chunks[key.fd].append(data[:max(0, limits.max_output_bytes - total)])
+                    total += len(data)
+                    exceeded = total > limits.max_output_bytes
+        if not (timed_out or exceeded):  # the pipes closed: the program is ending
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out or exceeded:
+            _kill(proc, _child_pid(info, info_r))
+            try:
+                proc.wait(timeout=_GRACE_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait()
+        _kill_group(proc.pid)  # stragglers that kept running after the main process exited
     finally:
         sel.close()
-        if timed_out or exceeded:
-            _kill_group(proc.pid)
+        proc.stdout.close()
+        proc.stderr.close()
+        if info_r is not None:
+            os.close(info_r)
+    out, err = (b"".join(part).decode("utf-8", errors="replace") for part in chunks.values())
+    return RunResult(proc.returncode, out, err, timed_out, exceeded, time.monotonic() - start)
+
+
+def _child_pid(info: list, info_r) -> int:
+    """Host pid of the bwrap sandbox's init from its ``--info-fd`` JSON (None if unknown)."""
+    if info_r is None:
+        return None
+    try:
+        info.append(os.read(info_r, 65536))
+    except (BlockingIOError, OSError):
+        pass
+    try:
+        return int(json.loads(b"".join(info))["child-pid"])
+    except (ValueError, KeyError):
+        return None
+
+
+def _kill(proc, child_pid) -> None:
+    """SIGKILL the bwrap sandbox's init, which takes its PID namespace along while bwrap waits
+    (killing bwrap itself would let it exit before the namespace is empty); without a known
+    init, SIGKILL the process group."""
+    if child_pid is not None and proc.poll() is None:
         try:
-            returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc.pid)
-            returncode = proc.wait()
-        _kill_group(proc.pid)  # stragglers that kept running after the main process exited
-        for pipe in chunks:
-            pipe.close()
-    out, err = (b"".join(chunks[p]).decode("utf-8", errors="replace")
-                for p in (proc.stdout, proc.stderr))
-    return RunResult(returncode, out, err, timed_out, exceeded, time.monotonic() - start)
+            os.kill(child_pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            pass
+    _kill_group(proc.pid)
