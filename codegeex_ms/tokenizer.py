@@ -160,14 +160,22 @@ class CodeGeeXTokenizer:
         encs = self._encoder(allow_special).encode_batch(list(texts), add_special_tokens=False)
         return [e.ids for e in encs]
 
+    def _checked(self, ids: Iterable[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1}); "
+                             f"ids of padded embedding rows must never be decoded.")
+        return ids
+
     def decode(self, ids: Iterable[int], *, skip_eod: bool = False) -> str:
         """Text of ``ids``; ``<|endoftext|>`` is kept as text unless ``skip_eod``. Invalid UTF-8
-        byte sequences become U+FFFD."""
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_eod)
+        byte sequences become U+FFFD. Raises ValueError for an id outside the vocabulary."""
+        return self._tok.decode(self._checked(ids), skip_special_tokens=skip_eod)
 
     def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_eod: bool = False) -> list[str]:
         """``decode`` for many id sequences."""
-        return self._tok.decode_batch([[int(i) for i in ids] for ids in batch],
+        return self._tok.decode_batch([self._checked(ids) for ids in batch],
                                       skip_special_tokens=skip_eod)
 
     def __repr__(self) -> str:

@@ -70,10 +70,14 @@ def test_literal_eod_and_decode_flags(codegeex):
     assert ids.count(50256) == 1 and 50267 in ids
     literal = codegeex.encode(text, allow_special=False)
     assert 50256 not in literal and codegeex.decode(literal) == text
+    plain = "x = 1\n" + " " * 14 + "y = '<|extratoken_3|>'\n"  # only the EOD is affected
+    assert codegeex.encode(plain, allow_special=False) == codegeex.encode(plain)
     assert codegeex.decode(ids) == text
     assert codegeex.decode(ids, skip_eod=True) == "a = 1b   = 2"
     assert codegeex.encode_batch([text, "x"], allow_special=False) == [literal, codegeex.encode("x")]
     assert codegeex.decode_batch([ids, literal]) == [text, text]
+    with pytest.raises(ValueError, match="50400"):
+        codegeex.decode([64, 50400])  # first padded embedding row
 
 
 def test_literal_whitespace_token_names_round_trip(codegeex):
