@@ -1,9 +1,9 @@
 // Shared helpers of the CPU aot kernels: dtype parsing, FP16 <-> FP32 row conversion, a
 // vectorisable exp for non-positive arguments and a range splitter over std::threads.
 //
-// Kernels are compiled with -O3 -fopenmp-simd -ffp-contract=off (no FMA contraction, so the FP32
-// operations happen in the order written) and, by default, -march=native; the loops below are
-// written so that GCC vectorises them for whatever ISA that selects.
+// Kernels are compiled with -O3 -fopenmp-simd -ffp-contract=off (no implicit FMA contraction, so
+// FP32 expressions round as written; FMAs are explicit, see MulAdd) and, by default,
+// -march=native; the loops below are written so that GCC vectorises them for that ISA.
 //
 // Threads: plain std::threads started per call and joined before returning. An OpenMP runtime
 // was tried first: its idle workers spin after each parallel region and starved MindSpore's own
@@ -99,17 +99,21 @@ inline const float *AsFloat(const uint8_t *src, float *tmp, int64_t n) {
   return tmp;
 }
 
-inline void StoreRow(const float *src, float *dst, int64_t n) {
-  if (src != dst) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+// a * b + c, fused where the ISA has FMA (one rounding; vectorises to vfmadd), else two roundings.
+inline float MulAdd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
 }
-inline void StoreRow(const float *src, half_t *dst, int64_t n) { FloatToHalf(src, dst, n); }
 
 // ---- exp(x) for x <= 0, branch-free so that loops calling it vectorise ----
 // exp(x) = 2^k * exp(r), k = rint(x / ln2), |r| <= ln2 / 2, exp(r) by its degree-7 Taylor
 // polynomial (truncation error < 6e-9 relative). ln2 is split in a high part with few mantissa
 // bits (k * kLn2Hi is exact for |k| <= 127) and a low correction. Arguments below -87 (where
 // exp(x) < 1.7e-38, the FP32 normal range ends) return exactly 0. Measured error against float64
-// exp on 6M points of [-87, 0]: at most 1.19 ulp (relative error < 1e-7).
+// exp on 6M points of [-87, 0]: at most 0.93 ulp with FMA, 1.19 ulp without (relative < 1e-7).
 inline float ExpNonPositive(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693145751953125f;
@@ -119,13 +123,13 @@ inline float ExpNonPositive(float x) {
   float r = xc - k * kLn2Hi;
   r = r - k * kLn2Lo;
   float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  p = MulAdd(p, r, 1.0f / 720.0f);
+  p = MulAdd(p, r, 1.0f / 120.0f);
+  p = MulAdd(p, r, 1.0f / 24.0f);
+  p = MulAdd(p, r, 1.0f / 6.0f);
+  p = MulAdd(p, r, 0.5f);
+  p = MulAdd(p, r, 1.0f);
+  p = MulAdd(p, r, 1.0f);
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
   float two_k;
   std::memcpy(&two_k, &bits, sizeof(two_k));

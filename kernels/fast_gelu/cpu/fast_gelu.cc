@@ -12,6 +12,7 @@
 //   FastGeluForward(x, y)
 //   FastGeluBackward(x, dy, dx)
 #include <cstdint>
+#include <type_traits>
 
 #include "cg_cpu_common.h"
 
@@ -36,38 +37,63 @@ inline float GeluSlope(float x) {
   return sig + kAlpha * x * (e * d * d);
 }
 
-void ForwardF32(const float *__restrict x, float *__restrict y, int64_t n) {
+// y[i] = GeluValue(x[i]) on an FP32 run (vectorised).
+void ForwardRun(const float *__restrict x, float *__restrict y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = GeluValue(x[i]);
 }
 
-void BackwardF32(const float *__restrict x, const float *__restrict dy, float *__restrict dx, int64_t n) {
+void BackwardRun(const float *__restrict x, const float *__restrict dy, float *__restrict dx, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * GeluSlope(x[i]);
 }
 
-void ForwardF16(const cg::half_t *x, cg::half_t *y, int64_t n) {
-  alignas(64) float xs[kBlock];
-  alignas(64) float ys[kBlock];
-  for (int64_t i = 0; i < n; i += kBlock) {
-    const int64_t m = n - i < kBlock ? n - i : kBlock;
-    cg::HalfToFloat(x + i, xs, m);
-    ForwardF32(xs, ys, m);
-    cg::FloatToHalf(ys, y + i, m);
+// One thread's range. FP32 runs straight from input to output; FP16 goes through L1-sized FP32
+// blocks (convert in, compute, convert out).
+template <typename T>
+void Forward(const T *x, T *y, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    ForwardRun(x, y, n);
+  } else {
+    alignas(64) float xs[kBlock];
+    alignas(64) float ys[kBlock];
+    for (int64_t i = 0; i < n; i += kBlock) {
+      const int64_t m = n - i < kBlock ? n - i : kBlock;
+      ForwardRun(cg::AsFloat(x + i, xs, m), ys, m);
+      cg::FloatToHalf(ys, y + i, m);
+    }
   }
 }
 
-void BackwardF16(const cg::half_t *x, const cg::half_t *dy, cg::half_t *dx, int64_t n) {
-  alignas(64) float xs[kBlock];
-  alignas(64) float gs[kBlock];
-  alignas(64) float out[kBlock];
-  for (int64_t i = 0; i < n; i += kBlock) {
-    const int64_t m = n - i < kBlock ? n - i : kBlock;
-    cg::HalfToFloat(x + i, xs, m);
-    cg::HalfToFloat(dy + i, gs, m);
-    BackwardF32(xs, gs, out, m);
-    cg::FloatToHalf(out, dx + i, m);
+template <typename T>
+void Backward(const T *x, const T *dy, T *dx, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    BackwardRun(x, dy, dx, n);
+  } else {
+    alignas(64) float xs[kBlock];
+    alignas(64) float gs[kBlock];
+    alignas(64) float out[kBlock];
+    for (int64_t i = 0; i < n; i += kBlock) {
+      const int64_t m = n - i < kBlock ? n - i : kBlock;
+      BackwardRun(cg::AsFloat(x + i, xs, m), cg::AsFloat(dy + i, gs, m), out, m);
+      cg::FloatToHalf(out, dx + i, m);
+    }
   }
+}
+
+template <typename T>
+void RunForward(void **params, int64_t n) {
+  const auto *x = static_cast<const T *>(params[0]);
+  auto *y = static_cast<T *>(params[1]);
+  cg::ParallelFor(n, kMinPerThread, [&](int64_t b, int64_t e) { Forward(x + b, y + b, e - b); });
+}
+
+template <typename T>
+void RunBackward(void **params, int64_t n) {
+  const auto *x = static_cast<const T *>(params[0]);
+  const auto *dy = static_cast<const T *>(params[1]);
+  auto *dx = static_cast<T *>(params[2]);
+  cg::ParallelFor(n, kMinPerThread, [&](int64_t b, int64_t e) { Backward(x + b, dy + b, dx + b, e - b); });
 }
 
 // All tensors must share one dtype and one element count.
@@ -90,18 +116,12 @@ extern "C" int FastGeluForward(int nparam, void **params, int *ndims, int64_t **
   if (!SameLayout(2, ndims, shapes, dtypes)) return cg::kBadShape;
   const int64_t n = cg::NumElements(ndims[0], shapes[0]);
   switch (cg::ParseDType(dtypes[0])) {
-    case cg::DType::kF32: {
-      const auto *x = static_cast<const float *>(params[0]);
-      auto *y = static_cast<float *>(params[1]);
-      cg::ParallelFor(n, kMinPerThread, [&](int64_t b, int64_t e) { ForwardF32(x + b, y + b, e - b); });
+    case cg::DType::kF32:
+      RunForward<float>(params, n);
       return cg::kOk;
-    }
-    case cg::DType::kF16: {
-      const auto *x = static_cast<const cg::half_t *>(params[0]);
-      auto *y = static_cast<cg::half_t *>(params[1]);
-      cg::ParallelFor(n, kMinPerThread, [&](int64_t b, int64_t e) { ForwardF16(x + b, y + b, e - b); });
+    case cg::DType::kF16:
+      RunForward<cg::half_t>(params, n);
       return cg::kOk;
-    }
     default:
       return cg::kBadDType;
   }
@@ -115,20 +135,12 @@ extern "C" int FastGeluBackward(int nparam, void **params, int *ndims, int64_t *
   if (!SameLayout(3, ndims, shapes, dtypes)) return cg::kBadShape;
   const int64_t n = cg::NumElements(ndims[0], shapes[0]);
   switch (cg::ParseDType(dtypes[0])) {
-    case cg::DType::kF32: {
-      const auto *x = static_cast<const float *>(params[0]);
-      const auto *dy = static_cast<const float *>(params[1]);
-      auto *dx = static_cast<float *>(params[2]);
-      cg::ParallelFor(n, kMinPerThread, [&](int64_t b, int64_t e) { BackwardF32(x + b, dy + b, dx + b, e - b); });
+    case cg::DType::kF32:
+      RunBackward<float>(params, n);
       return cg::kOk;
-    }
-    case cg::DType::kF16: {
-      const auto *x = static_cast<const cg::half_t *>(params[0]);
-      const auto *dy = static_cast<const cg::half_t *>(params[1]);
-      auto *dx = static_cast<cg::half_t *>(params[2]);
-      cg::ParallelFor(n, kMinPerThread, [&](int64_t b, int64_t e) { BackwardF16(x + b, dy + b, dx + b, e - b); });
+    case cg::DType::kF16:
+      RunBackward<cg::half_t>(params, n);
       return cg::kOk;
-    }
     default:
       return cg::kBadDType;
   }

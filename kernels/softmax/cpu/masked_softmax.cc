@@ -7,6 +7,8 @@
 //   y_j = exp(x_j - max_k x_k) / sum_k exp(x_k - max_k x_k)
 // A fully blocked row is every score minus 10000: its max-shifted exponentials are those of the
 // unmasked row, so it stays finite (never NaN), as in the reference formula.
+// Rows are visited by blocks of queries, then head, so that each mask row is read once for all
+// heads.
 // Backward (y = the forward output, dy = the incoming gradient):
 //   dx_j = scale * y_j * (dy_j - sum_k dy_k y_k)
 //
@@ -16,6 +18,7 @@
 //     Bm in {1, B} and Nm in {1, N} (broadcast over batch / heads).
 //   MaskedSoftmaxBackward(y [..,T], dy [..,T], scale [1] float32, dx [..,T])
 //     y/dy/dx: one dtype, float32 or float16.
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -26,93 +29,137 @@ namespace {
 
 constexpr float kMaskPenalty = 10000.0f;
 constexpr int64_t kMinElemsPerThread = 32768;  // ~30 us of work per thread
+constexpr int64_t kPenaltyBlockBytes = 256 << 10;  // mask penalties kept per query block (in L2)
 
 struct Geometry {
   int64_t batch, heads, queries, keys;  // B, N, S, T of the scores
   int64_t mask_batch, mask_heads;       // Bm, Nm of the mask
 };
 
-// Probabilities of one row, in place in `x` (x holds float(s_j) on entry).
-inline void SoftmaxRow(float *__restrict x, const float *__restrict m, float scale, int64_t t) {
+// pen_j = (1 - float(m_j)) * 10000 for one mask row (FP16 masks staged through `pen` itself).
+template <typename TM>
+inline void PenaltyRow(const TM *m, float *pen, int64_t t) {
+  const float *mf = cg::AsFloat(m, pen, t);
+#pragma omp simd
+  for (int64_t j = 0; j < t; ++j) pen[j] = (1.0f - mf[j]) * kMaskPenalty;
+}
+
+// x_j = float(s_j) * scale - pen_j, then exp(x_j - max) in place; returns the row sum. While
+// the exponentials are computed (no memory traffic of their own), the next row to be read is
+// prefetched, so that loading it overlaps this row's arithmetic.
+template <typename TS>
+inline float ExpRow(const TS *s, const float *pen, float scale, float *x, int64_t t, const TS *next) {
+  const float *sf = cg::AsFloat(s, x, t);  // FP16 scores are converted into x first
   float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < t; ++j) {
-    const float v = x[j] * scale - (1.0f - m[j]) * kMaskPenalty;
+    const float v = sf[j] * scale - pen[j];
     x[j] = v;
     mx = v > mx ? v : mx;
   }
+  constexpr int64_t kChunk = 512;
+  constexpr int64_t kLine = 64 / sizeof(TS);  // elements of the next row per cache line
   float sum = 0.0f;
+  for (int64_t j0 = 0; j0 < t; j0 += kChunk) {
+    const int64_t j1 = j0 + kChunk < t ? j0 + kChunk : t;
+    if (next != nullptr) {
+      for (int64_t j = j0; j < j1; j += kLine) __builtin_prefetch(next + j, 0, 3);
+    }
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < t; ++j) {
-    const float e = cg::ExpNonPositive(x[j] - mx);
-    x[j] = e;
-    sum += e;
+    for (int64_t j = j0; j < j1; ++j) {
+      const float e = cg::ExpNonPositive(x[j] - mx);
+      x[j] = e;
+      sum += e;
+    }
   }
-  const float inv = 1.0f / sum;
-#pragma omp simd
-  for (int64_t j = 0; j < t; ++j) x[j] *= inv;
+  return sum;
 }
 
+// Rows of the (batch, query-block) units [u0, u1). A unit is `block` consecutive queries of one
+// batch row: their mask rows are turned into penalties once (kept in L2) and used for all N
+// heads, each head's rows being one contiguous stretch of the scores. So the mask is read from
+// memory once, not N times, and the scores and output stream sequentially.
 template <typename TS, typename TM>
-void ForwardRows(const TS *scores, const TM *mask, float scale, TS *out, const Geometry &g, int64_t r0, int64_t r1,
-                 float *buf, float *mbuf) {
+void ForwardUnits(const TS *scores, const TM *mask, float scale, TS *out, const Geometry &g, int64_t block,
+                  int64_t u0, int64_t u1) {
   const int64_t t = g.keys;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / (g.heads * g.queries);
-    const int64_t n = (r / g.queries) % g.heads;
-    const int64_t s = r % g.queries;
-    const int64_t mrow = ((g.mask_batch == 1 ? 0 : b) * g.mask_heads + (g.mask_heads == 1 ? 0 : n)) * g.queries + s;
-    const float *m = cg::AsFloat(mask + mrow * t, mbuf, t);
-    if constexpr (std::is_same_v<TS, float>) {  // computed in place in the output row
-      float *x = out + r * t;
-      cg::StoreRow(scores + r * t, x, t);
-      SoftmaxRow(x, m, scale, t);
-    } else {  // staged through the FP32 buffer
-      cg::HalfToFloat(scores + r * t, buf, t);
-      SoftmaxRow(buf, m, scale, t);
-      cg::FloatToHalf(buf, out + r * t, t);
+  const int64_t blocks_per_batch = (g.queries + block - 1) / block;
+  const bool shared_mask = g.mask_heads == 1;
+  std::vector<float> scratch(static_cast<size_t>((shared_mask ? block : 1) * t + t));
+  float *x = scratch.data();
+  float *pens = scratch.data() + t;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t b = u / blocks_per_batch, q0 = (u % blocks_per_batch) * block;
+    const int64_t q1 = std::min(g.queries, q0 + block);
+    const int64_t mb = g.mask_batch == 1 ? 0 : b;
+    if (shared_mask) {
+      for (int64_t q = q0; q < q1; ++q) PenaltyRow(mask + (mb * g.queries + q) * t, pens + (q - q0) * t, t);
+    }
+    for (int64_t n = 0; n < g.heads; ++n) {
+      for (int64_t q = q0; q < q1; ++q) {
+        float *pen = pens;
+        if (shared_mask) {
+          pen += (q - q0) * t;
+        } else {
+          PenaltyRow(mask + ((mb * g.mask_heads + n) * g.queries + q) * t, pen, t);
+        }
+        const int64_t r = (b * g.heads + n) * g.queries + q;
+        const TS *next = q + 1 < q1              ? scores + (r + 1) * t
+                         : n + 1 < g.heads       ? scores + ((b * g.heads + n + 1) * g.queries + q0) * t
+                                                 : nullptr;  // the next unit starts after its penalties
+        const float inv = 1.0f / ExpRow(scores + r * t, pen, scale, x, t, next);
+        TS *o = out + r * t;
+        if constexpr (std::is_same_v<TS, float>) {
+#pragma omp simd
+          for (int64_t j = 0; j < t; ++j) o[j] = x[j] * inv;
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < t; ++j) x[j] *= inv;
+          cg::FloatToHalf(x, o, t);
+        }
+      }
     }
   }
 }
 
 template <typename T>
-void BackwardRows(const T *y, const T *dy, float scale, T *dx, int64_t t, int64_t r0, int64_t r1, float *ybuf,
-                  float *gbuf) {
+void BackwardRows(const T *y, const T *dy, float scale, T *dx, int64_t t, int64_t r0, int64_t r1) {
+  std::vector<float> scratch(static_cast<size_t>(2 * t));
+  float *ybuf = scratch.data();
+  float *gbuf = scratch.data() + t;
   for (int64_t r = r0; r < r1; ++r) {
     const float *yr = cg::AsFloat(y + r * t, ybuf, t);
     const float *gr = cg::AsFloat(dy + r * t, gbuf, t);
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j < t; ++j) dot += gr[j] * yr[j];
+    T *o = dx + r * t;
     if constexpr (std::is_same_v<T, float>) {
-      float *res = dx + r * t;
 #pragma omp simd
-      for (int64_t j = 0; j < t; ++j) res[j] = scale * yr[j] * (gr[j] - dot);
-    } else {  // gbuf holds the FP32 copy of dy: overwrite it element by element, then narrow
+      for (int64_t j = 0; j < t; ++j) o[j] = scale * yr[j] * (gr[j] - dot);
+    } else {  // gbuf holds the FP32 copy of dy: overwritten element by element after its own use
 #pragma omp simd
       for (int64_t j = 0; j < t; ++j) gbuf[j] = scale * yr[j] * (gr[j] - dot);
-      cg::FloatToHalf(gbuf, dx + r * t, t);
+      cg::FloatToHalf(gbuf, o, t);
     }
   }
 }
 
 template <typename TS, typename TM>
 void Forward(const TS *scores, const TM *mask, float scale, TS *out, const Geometry &g) {
-  const int64_t rows = g.batch * g.heads * g.queries;
-  const int64_t min_rows = std::max<int64_t>(1, kMinElemsPerThread / g.keys);
-  cg::ParallelFor(rows, min_rows, [&](int64_t r0, int64_t r1) {
-    std::vector<float> scratch(static_cast<size_t>(2 * g.keys));
-    ForwardRows(scores, mask, scale, out, g, r0, r1, scratch.data(), scratch.data() + g.keys);
+  const int64_t block = std::max<int64_t>(1, kPenaltyBlockBytes / (g.keys * static_cast<int64_t>(sizeof(float))));
+  const int64_t units = g.batch * ((g.queries + block - 1) / block);
+  const int64_t unit_elems = std::min(block, g.queries) * g.heads * g.keys;
+  const int64_t min_units = std::max<int64_t>(1, kMinElemsPerThread / unit_elems);
+  cg::ParallelFor(units, min_units, [&](int64_t u0, int64_t u1) {
+    ForwardUnits(scores, mask, scale, out, g, block, u0, u1);
   });
 }
 
 template <typename T>
 void Backward(const T *y, const T *dy, float scale, T *dx, int64_t rows, int64_t t) {
   const int64_t min_rows = std::max<int64_t>(1, kMinElemsPerThread / t);
-  cg::ParallelFor(rows, min_rows, [&](int64_t r0, int64_t r1) {
-    std::vector<float> scratch(static_cast<size_t>(2 * t));
-    BackwardRows(y, dy, scale, dx, t, r0, r1, scratch.data(), scratch.data() + t);
-  });
+  cg::ParallelFor(rows, min_rows, [&](int64_t r0, int64_t r1) { BackwardRows(y, dy, scale, dx, t, r0, r1); });
 }
 
 template <typename TS>
