@@ -1,0 +1,277 @@
+"""Inference speed of CodeGeeX on this machine: prefill, KV-cache vs recompute decoding, FP32 vs INT8,
+and decode time against the memory-bandwidth bound.
+
+Two random-weight models with the real vocabulary (52224 rows): ``small`` (~20M parameters) and
+``medium`` (~130M, GPT-2-small sized), graph mode, greedy decoding, batch 1 and 8, one prompt
+length. For each model, weights (FP32 or INT8 W8A16) and batch:
+
+- prefill: the generator's first call over the padded prompts (tokens/s = batch × prompt / time);
+- decode, KV cache: the generator's incremental steps (ms per step; one step makes ``batch`` tokens);
+- decode, recompute: a full forward over the whole prompt + new-token window at every step, as a
+  cache-free static-shape decoder does (ms per step, a few steps);
+- bound: the bytes of the weights one decode step reads (every parameter but the two position
+  tables, of which a step reads one row each) ÷ the measured copy bandwidth; ratio = measured
+  decode time / bound. The KV cache read per step is listed separately.
+
+Copy bandwidth: best of several NumPy copies of a 256 MiB array, counting bytes read + written
+(STREAM "copy" convention). Compile time is excluded (one warm-up call per shape).
+Weight memory: bytes of the parameters of the medium model built in FP16 and in INT8 (FP16
+embeddings/LayerNorms/biases, FP32 row scales) with the process RSS growth when each is loaded,
+and the 13B model's from ``codegeex_ms.plan``.
+
+    python bench/bench_inference.py [--json PATH] [--models small,medium] [--batches 1,8]
+"""
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms  # noqa: E402
+
+from codegeex_ms import runtime  # noqa: E402
+from codegeex_ms.config import load_config  # noqa: E402
+from codegeex_ms.inference.generator import Generator  # noqa: E402
+from codegeex_ms.model.build import build_model  # noqa: E402
+from codegeex_ms.model.masks import causal_mask, positions  # noqa: E402
+from codegeex_ms.model.quant import NUMPY_DTYPES, weight_bytes  # noqa: E402
+from codegeex_ms.plan import build_plan  # noqa: E402
+from codegeex_ms.quantize import quantize_into  # noqa: E402
+
+MODELS = {   # model.* overrides of the default (13B) config; vocabulary and FFN ratio as in 13B
+    "small": {"hidden_size": 256, "num_layers": 7, "num_heads": 4, "ffn_hidden_size": 1024,
+              "max_position_embeddings": 512},
+    "medium": {"hidden_size": 768, "num_layers": 11, "num_heads": 12, "ffn_hidden_size": 3072,
+               "max_position_embeddings": 1024},
+}
+POSITION_TABLES = ("language_model.embedding.position_embeddings.weight",
+                   "language_model.topQueryEmbedding.top_query_embeddings.weight")
+MB = 1e6
+
+
+class IdTokenizer:
+    """Token ids as text; ``eod_id`` -1 is never produced, so every run makes all its tokens."""
+
+    eod_id = -1
+
+    def encode(self, text):
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def model_config(name, **extra):
+    items = {**MODELS[name], "dropout": 0.0, **extra}
+    overrides = tuple(f"model.{k}={v}" for k, v in items.items())
+    return load_config(None, overrides + (f"train.seq_length={items['max_position_embeddings']}",)).model
+
+
+def copy_bandwidth(nbytes=256 << 20, repeats=5) -> float:
+    """Bytes/s of a NumPy array copy, counting read + write (best of ``repeats``)."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def step_read_bytes(net) -> int:
+    """Bytes of the parameters one decode step reads (all but the position tables)."""
+    counts = weight_bytes(net)["total"]
+    params = dict(net.parameters_and_names())
+    return counts - sum(params[n].size * NUMPY_DTYPES[params[n].dtype].itemsize for n in POSITION_TABLES)
+
+
+def recompute_decode(net, prompts, new_tokens, steps):
+    """Greedy decoding by a full forward over the [B, prompt + new_tokens] window at each step.
+    Returns (best ms per step over ``steps`` steps after a warm-up step, tokens of all steps)."""
+    b, p = prompts.shape
+    window = p + new_tokens
+    ids = np.zeros((b, window), np.int32)
+    ids[:, :p] = prompts
+    pos, mask = ms.Tensor(positions(b, window)), ms.Tensor(causal_mask(b, window))
+    real = net.config.real_vocab_size
+    times = []
+    for t in range(steps + 1):
+        t0 = time.perf_counter()
+        logits = net(ms.Tensor(ids), pos, mask).asnumpy()[:, p + t - 1, :real]
+        ids[:, p + t] = logits.argmax(-1)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times[1:]), ids[:, p:p + steps + 1]
+
+
+def bench_network(label, net, args, bandwidth):
+    """Rows for one network at every batch size of ``args``."""
+    rows = []
+    read = step_read_bytes(net)
+    cfg = net.config
+    for batch in args.batches:
+        rng = np.random.default_rng(batch)
+        prompts = rng.integers(0, cfg.real_vocab_size, (batch, args.prompt)).astype(np.int32)
+        gen = Generator(net, IdTokenizer())
+        gen.generate([list(r) for r in prompts], 2)          # compile prefill + decode
+        prefill_s, decode_ms = float("inf"), float("inf")
+        for _ in range(args.repeats):
+            out = gen.generate([list(r) for r in prompts], args.new_tokens)
+            t = gen.timing
+            prefill_s = min(prefill_s, t.prefill_s)
+            decode_ms = min(decode_ms, 1e3 * t.decode_s / t.decode_steps)
+        cached = np.array([c.token_ids for c in out])
+        rc_ms, rc_tokens = recompute_decode(net, prompts, args.new_tokens, args.recompute_steps)
+        cache_len = t.compiles[-1][1]          # the decoder's (batch, cache length)
+        kv = 2 * (cfg.num_layers + 1) * batch * cache_len * cfg.hidden_size * 4
+        bound_ms = 1e3 * read / bandwidth
+        rows.append({
+            "model": label[0], "weights": label[1], "batch": batch, "prompt": args.prompt,
+            "new_tokens": args.new_tokens, "prefill_tokens_per_s": batch * args.prompt / prefill_s,
+            "decode_ms_per_step": decode_ms, "decode_tokens_per_s": 1e3 * batch / decode_ms,
+            "recompute_ms_per_step": rc_ms, "recompute_window": args.prompt + args.new_tokens,
+            "recompute_tokens_agree": bool((rc_tokens == cached[:, :rc_tokens.shape[1]]).all()),
+            "step_weight_bytes": read, "kv_cache_bytes_per_step": kv,
+            "bound_ms": bound_ms, "decode_over_bound": decode_ms / bound_ms})
+        print(f"  {label[0]} {label[1]} batch {batch}: prefill {rows[-1]['prefill_tokens_per_s']:.0f} tok/s, "
+              f"decode {decode_ms:.1f} ms/step (cache) vs {rc_ms:.1f} (recompute)", flush=True)
+    return rows
+
+
+def weight_memory_child(name: str, kind: str) -> dict:
+    """In a fresh process: build model ``name`` with FP16 (``kind="fp16"``) or INT8 weights
+    (FP16 elsewhere), load random FP16 weights made one tensor at a time, and return the
+    parameter bytes and the growth of the resident set."""
+    extra = {"param_dtype": "float16"} if kind == "fp16" else {"param_dtype": "float16", "weight_quant": "int8"}
+    net = build_model(model_config(name, **extra), allocate=False)
+    shapes = [(n, p.shape) for n, p in
+              build_model(model_config(name, param_dtype="float16"), allocate=False).parameters_and_names()]
+    rng = np.random.default_rng(0)
+
+    def source():
+        for n, shape in shapes:
+            yield n, (0.02 * rng.standard_normal(shape, np.float32)).astype(np.float16)
+
+    gc.collect()
+    before = rss_bytes()
+    if kind == "fp16":
+        params = dict(net.parameters_and_names())
+        for n, array in source():
+            params[n].set_data(ms.Tensor.from_numpy(array))
+    else:
+        quantize_into(net, source())
+    gc.collect()
+    return {"parameter_bytes": weight_bytes(net)["total"], "rss_growth_bytes": rss_bytes() - before}
+
+
+def weight_memory(name: str) -> dict:
+    """FP16 vs INT8 weights of model ``name``, each measured in a fresh process (with glibc's
+    mmap threshold fixed so that freed temporaries go back to the system)."""
+    out = {}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
+    for kind in ("fp16", "int8"):
+        proc = subprocess.run([sys.executable, __file__, "--weight-memory-child", f"{name}:{kind}"],
+                              capture_output=True, text=True, check=False, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"weight memory of {name} {kind} failed:\n{proc.stderr[-3000:]}")
+        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="small,medium", help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens to generate (cached decode)")
+    parser.add_argument("--recompute-steps", type=int, default=2,
+                        help="timed steps of recompute decoding (after one warm-up step; best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed generator runs (best is kept)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--weight-memory-child", metavar="MODEL:KIND", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.weight_memory_child:
+        print(json.dumps(weight_memory_child(*args.weight_memory_child.split(":"))))
+        return 0
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    args.batches = [int(b) for b in args.batches.split(",")]
+
+    runtime.setup("graph", seed=0)
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s (NumPy, read + write)", flush=True)
+    rows, sizes = [], {}
+    start = time.perf_counter()
+    for name in models:
+        net = build_model(model_config(name))       # N(0, 0.02) weights: the pre-training init
+        net.set_train(False)
+        sizes[name] = {"parameters": net.config.num_parameters(), **MODELS[name]}
+        rows += bench_network((name, "fp32"), net, args, bandwidth)
+        net8 = build_model(dataclasses.replace(net.config, weight_quant="int8"), allocate=False)
+        quantize_into(net8, ((n, p.asnumpy()) for n, p in net.parameters_and_names()))
+        net8.set_train(False)
+        del net
+        rows += bench_network((name, "int8"), net8, args, bandwidth)
+        del net8
+        gc.collect()
+    memory = {models[-1]: weight_memory(models[-1])}
+    plan13 = build_plan(load_config(str(REPO_ROOT / "ascend_configs" / "infer_13b_single_npu.yaml")))["inference"]
+    elapsed = time.perf_counter() - start
+
+    print(f"\nCodeGeeX inference, graph mode, {platform.machine()} {os.cpu_count()} cores, MindSpore "
+          f"{ms.__version__}; prompt {args.prompt}, {args.new_tokens} new tokens, greedy; copy bandwidth "
+          f"{bandwidth / 1e9:.2f} GB/s")
+    for name in models:
+        print(f"  {name}: {sizes[name]['parameters'] / 1e6:.1f}M parameters ({MODELS[name]})")
+    head = (f"{'model':<7}{'weights':<8}{'batch':>5}{'prefill tok/s':>14}{'decode ms/step':>15}"
+            f"{'decode tok/s':>13}{'recompute ms/step':>18}{'cache speedup':>14}{'weights MB':>11}"
+            f"{'bound ms':>9}{'decode/bound':>13}{'KV MB':>7}")
+    print(head)
+    for r in rows:
+        print(f"{r['model']:<7}{r['weights']:<8}{r['batch']:>5}{r['prefill_tokens_per_s']:>14.0f}"
+              f"{r['decode_ms_per_step']:>15.2f}{r['decode_tokens_per_s']:>13.1f}{r['recompute_ms_per_step']:>18.1f}"
+              f"{r['recompute_ms_per_step'] / r['decode_ms_per_step']:>13.1f}x{r['step_weight_bytes'] / MB:>11.1f}"
+              f"{r['bound_ms']:>9.2f}{r['decode_over_bound']:>13.1f}{r['kv_cache_bytes_per_step'] / MB:>7.1f}")
+    if not all(r["recompute_tokens_agree"] for r in rows):
+        print("note: recompute and cached decoding chose different tokens in:",
+              [(r["model"], r["weights"], r["batch"]) for r in rows if not r["recompute_tokens_agree"]])
+    for name, mem in memory.items():
+        f16, i8 = mem["fp16"], mem["int8"]
+        print(f"\nweight memory, {name}: FP16 {f16['parameter_bytes'] / MB:.1f} MB (RSS +"
+              f"{f16['rss_growth_bytes'] / MB:.1f} MB), INT8 {i8['parameter_bytes'] / MB:.1f} MB (RSS +"
+              f"{i8['rss_growth_bytes'] / MB:.1f} MB): ratio {i8['parameter_bytes'] / f16['parameter_bytes']:.3f}")
+    print(f"weight memory, 13B (codegeex_ms.plan): FP16 {plan13['weights_fp16'] / 1e9:.2f} GB, INT8 "
+          f"{plan13['weights_int8_fp32_scales'] / 1e9:.2f} GB (FP32 row scales; FP16 scales would save "
+          f"{(plan13['weights_int8_fp32_scales'] - plan13['weights_int8_fp16_scales']) / 1e6:.1f} MB), "
+          f"ratio {plan13['weights_int8_fp32_scales'] / plan13['weights_fp16']:.3f}")
+    print(f"benchmark time {elapsed:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "mindspore": ms.__version__},
+            "copy_bandwidth_bytes_per_s": bandwidth, "models": sizes, "rows": rows,
+            "weight_memory": memory, "weight_memory_13b": plan13, "seconds": elapsed}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

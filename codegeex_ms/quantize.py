@@ -1,0 +1,186 @@
+"""Quantize a CodeGeeX checkpoint to INT8 weight-only (W8A16), and load INT8 checkpoints.
+
+    python -m codegeex_ms.quantize --input codegeex_13b.pt --output codegeex_13b_int8.ckpt
+
+The six linear weights of every layer become int8 with one FP32 scale per output row
+(``<name>.weight_scale``; scheme in ``codegeex_ms.model.quant``); embeddings, LayerNorms and
+biases are copied unchanged (or cast with ``--dtype``). The output (.ckpt or .safetensors) records
+``weight_quant=int8`` in its metadata; ``codegeex_ms.generate`` then builds the INT8 network by
+itself. Tensors are read, quantized and written one at a time, so the 26 GB release needs about
+one tensor's worth of memory (~1 GB for the largest linear weight), not the file size.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Iterable, Optional, Tuple
+
+import numpy as np
+
+from .checkpoint import dtypes
+from .checkpoint.base import TensorInfo
+from .checkpoint.errors import CheckpointError, LayoutMismatchError
+from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_layout
+from .checkpoint.network import load_into_network
+from .checkpoint.sources import open_weights
+from .checkpoint.writers import output_format, write_checkpoint
+from .model.quant import (NUMPY_DTYPES, SCALE_DTYPE, is_quantized_layout, is_quantized_weight, quantize_tensors,
+                          quantized_infos)
+
+METADATA_KEY = "weight_quant"
+SCHEME = "int8 per output row, scale = absmax/127 (float32), symmetric [-127, 127]"
+FORMATS = ("ckpt", "safetensors")
+DTYPES = ("float16", "float32")
+
+logger = logging.getLogger(__name__)
+
+
+def sizes_of(model_config) -> ModelSizes:
+    """The release-layout sizes of a :class:`~codegeex_ms.config.ModelConfig`."""
+    return ModelSizes(vocab_size=model_config.vocab_size, hidden_size=model_config.hidden_size,
+                      ffn_hidden_size=model_config.ffn_hidden_size, num_layers=model_config.num_layers,
+                      max_position_embeddings=model_config.max_position_embeddings,
+                      num_attention_heads=model_config.num_heads)
+
+
+def checkpoint_weight_quant(path) -> str:
+    """``"int8"`` if checkpoint ``path`` was written by this quantizer (metadata or scale
+    tensors), else ``"none"``."""
+    with open_weights(path) as weights:
+        if weights.metadata.get(METADATA_KEY) == "int8" or is_quantized_layout(weights.infos):
+            return "int8"
+    return "none"
+
+
+def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optional[str] = None,
+                        dtype: Optional[str] = None, progress: bool = False) -> dict:
+    """Write the INT8 version of checkpoint ``input_path`` (any format, release layout) to
+    ``output_path`` (.ckpt or .safetensors). ``model_config``: check the input against its sizes
+    (default: infer them from the shapes). ``dtype``: cast the tensors that stay float.
+
+    Returns byte counts: ``linear_in`` (the input's linear weights), ``linear_out`` (int8 weights
+    + scales), ``file_in``, ``file_out``. Raises CheckpointError / ValueError on bad input.
+    """
+    fmt = output_format(output_path, fmt)
+    if fmt not in FORMATS:
+        raise ValueError(f"{output_path}: INT8 checkpoints are written as .ckpt or .safetensors "
+                         f"(the .pt release format has no place for the scales); change the extension.")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise ValueError(f"input and output are the same file ({output_path}); choose another output path.")
+    with open_weights(input_path) as weights:
+        if weights.metadata.get(METADATA_KEY) == "int8" or is_quantized_layout(weights.infos):
+            raise ValueError(f"{input_path} is already an INT8 checkpoint; give the float checkpoint.")
+        shapes = {name: info.shape for name, info in weights.infos.items()}
+        heads = model_config.num_heads if model_config is not None else None
+        if heads is None and weights.metadata.get("num_attention_heads", "").isdigit():
+            heads = int(weights.metadata["num_attention_heads"])
+        sizes = sizes_of(model_config) if model_config is not None else infer_sizes(shapes, heads)
+        layout = release_layout(sizes)
+        check_layout(shapes, layout, what=f"{input_path} (against the model sizes {sizes})")
+        source = {name: TensorInfo(shape, dtype or weights.infos[name].dtype)
+                  for name, shape in layout.items()}
+        infos = quantized_infos(source)
+        metadata = {METADATA_KEY: "int8", "weight_quant_scheme": SCHEME}
+        if sizes.num_attention_heads is not None:
+            metadata["num_attention_heads"] = str(sizes.num_attention_heads)
+
+        def tensors():
+            for name, info in source.items():
+                yield name, weights.read(name).astype(dtypes.np_dtype(info.dtype), copy=False)
+
+        write_checkpoint(output_path, infos, quantize_tensors(tensors()), fmt, metadata, progress)
+        linear_in = sum(weights.infos[n].numel * dtypes.itemsize(weights.infos[n].dtype)
+                        for n in layout if is_quantized_weight(n))
+    linear_out = sum(i.numel * dtypes.itemsize(i.dtype) for n, i in infos.items()
+                     if i.dtype == "int8" or n.endswith("weight_scale"))
+    return {"linear_in": linear_in, "linear_out": linear_out, "file_in": os.path.getsize(input_path),
+            "file_out": os.path.getsize(output_path)}
+
+
+def load_quantized(net, path) -> list:
+    """Set every parameter of an INT8 network (``model.weight_quant=int8``) from ``path``: an INT8
+    checkpoint is loaded as is; a float checkpoint is quantized while loading, one tensor at a
+    time. Names and shapes are checked first (one LayoutMismatchError listing every problem)."""
+    if checkpoint_weight_quant(path) == "int8":
+        return load_into_network(net, path)
+    with open_weights(path) as weights:
+        check_layout({n: i.shape for n, i in quantized_infos(weights.infos).items()},
+                     {n: tuple(p.shape) for n, p in net.parameters_and_names()},
+                     what=f"{path} after quantization (against the network's parameters)")
+        return quantize_into(net, ((n, weights.read(n)) for n in weights.infos))
+
+
+def quantize_into(net, tensors: Iterable[Tuple[str, np.ndarray]]) -> list:
+    """Set an INT8 network from float ``(name, array)`` pairs (model naming, e.g. a float
+    network's parameters), quantizing the linear weights on the way. Every parameter must be
+    set exactly once. Returns the names set."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+
+    params = dict(net.parameters_and_names())
+    done = []
+    for name, array in quantize_tensors(tensors):
+        if name not in params:
+            raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
+                                      unexpected=[name])
+        param = params[name]
+        if tuple(array.shape) != tuple(param.shape):
+            raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
+                                      mismatched=[(name, tuple(param.shape), tuple(array.shape))])
+        array = array.astype(NUMPY_DTYPES[param.dtype], copy=False)
+        param.set_data(ms.Tensor.from_numpy(np.ascontiguousarray(array)))
+        done.append(name)
+    missing = set(params) - set(done)
+    if missing or len(done) != len(set(done)):
+        raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
+                                  missing=sorted(missing))
+    return done
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    from .config import add_config_args  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(
+        prog="python -m codegeex_ms.quantize", description=__doc__.split("\n\n", 1)[0],
+        epilog="Examples:\n"
+               "  python -m codegeex_ms.quantize --input codegeex_13b.pt --output codegeex_13b_int8.ckpt\n"
+               "  python -m codegeex_ms.quantize --input tiny.ckpt --output tiny_int8.safetensors "
+               "--config tiny\n"
+               "Then: python -m codegeex_ms.generate --config infer_13b_single_npu "
+               "--checkpoint codegeex_13b_int8.ckpt --prompt ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="float checkpoint: release .pt, MindSpore .ckpt or .safetensors "
+                             "(detected from the content)")
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="INT8 checkpoint to write (.ckpt or .safetensors); appears only when complete")
+    add_config_args(parser)
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help="cast the tensors that stay float (embeddings, LayerNorms, biases); "
+                             "default: keep the stored dtype (the release is float16)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the process exit status."""
+    from .config import ConfigError, config_from_args  # pylint: disable=import-outside-toplevel
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        model_config = config_from_args(args).model if args.config or args.overrides else None
+        out = quantize_checkpoint(args.input, args.output, model_config, dtype=args.dtype,
+                                  progress=not args.quiet)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: linear weights {out['linear_in'] / 2**20:.1f} MiB -> "
+          f"{out['linear_out'] / 2**20:.1f} MiB (int8 + {SCALE_DTYPE} row scales); file "
+          f"{out['file_in'] / 2**20:.1f} MiB -> {out['file_out'] / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
