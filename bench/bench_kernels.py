@@ -92,18 +92,20 @@ class CopyProbe:
 
 
 def timed(fn, args, reps: int, probe: CopyProbe):
-    """(median ms of ``fn(*args)``, median copy bandwidth measured between those calls).
+    """(median wall ms of ``fn(*args)``, median copy bandwidth, median process CPU ms).
 
     The machine is shared, so its bandwidth drifts: each kernel call is paired with a copy
-    measurement taken right after it."""
+    measurement taken right after it. CPU ms (all threads of this process) well below
+    wall ms × threads means the kernel's threads were waiting for a CPU, not working."""
     fn(*args).asnumpy()  # compile + warm-up; graph-mode calls return once the result is ready
-    times, bandwidths = [], []
+    times, cpu, bandwidths = [], [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn(*args).asnumpy()   # zero-copy on CPU: only a completion point
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         bandwidths.append(probe.bandwidth())
-    return 1e3 * statistics.median(times), statistics.median(bandwidths)
+    return 1e3 * statistics.median(times), statistics.median(bandwidths), 1e3 * statistics.median(cpu)
 
 
 def softmax_inputs(n: int, dtype, rng):
@@ -120,9 +122,10 @@ def bench_size(n: int, dtype: str, reps: int, backward: bool, rng) -> list:
     rows = []
 
     def row(op, fused, builtin_ms, nbytes):
-        fused_ms, bandwidth = fused
+        fused_ms, bandwidth, cpu_ms = fused
         bound_ms = 1e3 * nbytes / bandwidth
-        rows.append({"op": op, "dtype": dtype, "elements": n, "fused_ms": fused_ms, "builtin_ms": builtin_ms,
+        rows.append({"op": op, "dtype": dtype, "elements": n, "fused_ms": fused_ms, "fused_cpu_ms": cpu_ms,
+                     "builtin_ms": builtin_ms,
                      "speedup": builtin_ms / fused_ms if builtin_ms else None, "bytes": nbytes,
                      "copy_GBps": bandwidth / 1e9, "bound_ms": bound_ms, "fused_over_bound": fused_ms / bound_ms})
 
@@ -162,14 +165,14 @@ def cpu_model() -> str:
 
 
 def print_table(rows) -> None:
-    head = (f"{'op':18s} {'dtype':8s} {'elements':>10s} {'fused ms':>9s} {'builtin ms':>10s} {'speedup':>8s} "
+    head = (f"{'op':18s} {'dtype':8s} {'elements':>10s} {'fused ms':>9s} {'(CPU ms)':>9s} {'builtin ms':>10s} {'speedup':>8s} "
             f"{'copy GB/s':>9s} {'bound ms':>9s} {'fused/bound':>11s}")
     print(head)
     print("-" * len(head))
     for r in rows:
         builtin = f"{r['builtin_ms']:10.2f}" if r["builtin_ms"] else f"{'-':>10s}"
         speedup = f"{r['speedup']:7.1f}x" if r["speedup"] else f"{'-':>8s}"
-        print(f"{r['op']:18s} {r['dtype']:8s} {r['elements']:>10d} {r['fused_ms']:9.2f} {builtin} {speedup} "
+        print(f"{r['op']:18s} {r['dtype']:8s} {r['elements']:>10d} {r['fused_ms']:9.2f} {r['fused_cpu_ms']:9.2f} {builtin} {speedup} "
               f"{r['copy_GBps']:9.1f} {r['bound_ms']:9.2f} {r['fused_over_bound']:10.2f}x")
 
 

@@ -69,7 +69,8 @@ def test_cpu_entry_points_reject_bad_arguments():
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"), reason="nvcc not found")
 def test_cuda_sources_compile_and_check_arguments_without_a_gpu(monkeypatch, tmp_path):
     """nvcc builds both CUDA libraries (one SM version, to keep it quick); their entry points
-    validate arguments on the host before any launch, so that part runs without a GPU."""
+    validate arguments on the host before any launch, so that part runs without a GPU, and the
+    load-time probe tells whether a GPU is usable (never here without nvidia-smi)."""
     monkeypatch.setenv("CODEGEEX_KERNEL_DIR", str(tmp_path))
     monkeypatch.setenv("CODEGEEX_CUDA_ARCHS", "80")
     gelu, softmax = kernel_build.build_cuda("fast_gelu"), kernel_build.build_cuda("masked_softmax")
@@ -81,6 +82,9 @@ def test_cuda_sources_compile_and_check_arguments_without_a_gpu(monkeypatch, tmp
                                                       np.ones(1, np.float32), scores]) == 3
     assert call_aot(softmax, "MaskedSoftmaxBackward", [scores, scores.astype(np.float16),
                                                        np.ones(1, np.float32), scores]) == 2
+    if shutil.which("nvidia-smi") is None:
+        with pytest.raises(kernel_build.KernelUnavailable, match="cannot use a GPU here"):
+            kernel_build.probe_cuda(gelu)
 
 
 def test_ascend_package_is_staged_built_and_activated(monkeypatch, tmp_path):

@@ -2,7 +2,8 @@
 
 One line per target and kernel: ``ready`` (with the library / package path), ``skipped`` (the
 target's tools are missing: no nvcc, no CANN) or ``FAILED`` (the tools ran and the build broke,
-followed by the compiler output). Exit status 1 only when something FAILED.
+followed by the compiler output). A GPU library that compiled but finds no usable GPU here is
+``ready`` with a note. Exit status 1 only when something FAILED.
 """
 
 import argparse
@@ -15,8 +16,22 @@ from codegeex_ms.ops import kernel_build
 MISSING_TOOL_MARKERS = ("not found", "is unset", "is missing")
 
 
+def _build(kernel: str, target: str) -> dict:
+    if target == "CPU":
+        return {"status": "ready", "path": str(kernel_build.build_cpu(kernel))}
+    if target == "Ascend":
+        return {"status": "ready", "path": str(kernel_build.build_ascend())}
+    lib = kernel_build.build_cuda(kernel)
+    entry = {"status": "ready", "path": str(lib)}
+    try:
+        kernel_build.probe_cuda(lib)
+    except kernel_build.KernelUnavailable as err:
+        entry["note"] = f"compiled; not usable on this machine: {err}"
+    return entry
+
+
 def build_all(targets) -> dict:
-    """{"<target>/<kernel>": {"status": ready|skipped|FAILED, "path" or "reason"}}."""
+    """{"<target>/<kernel>": {"status": ready|skipped|FAILED, "path" or "reason"[, "note"]}}."""
     report = {}
     for target in targets:
         # The Ascend package holds every kernel: one entry for all of them.
@@ -24,7 +39,7 @@ def build_all(targets) -> dict:
         for kernel in kernels:
             name = "Ascend/all kernels" if target == "Ascend" else f"{target}/{kernel}"
             try:
-                report[name] = {"status": "ready", "path": kernel_build.locate(kernel, target)}
+                report[name] = _build(kernel, target)
             except kernel_build.KernelUnavailable as err:
                 missing = any(m in str(err).splitlines()[0] for m in MISSING_TOOL_MARKERS)
                 report[name] = {"status": "skipped" if missing else "FAILED", "reason": str(err)}
@@ -45,6 +60,8 @@ def main(argv=None) -> int:
     for name, entry in report.items():
         detail = entry.get("path") or entry["reason"].splitlines()[0]
         print(f"{name:20s} {entry['status']:8s} {detail}")
+        if "note" in entry:
+            print(f"{'':29s}({entry['note']})")
         if entry["status"] == "FAILED":
             print(entry["reason"])
     if args.json:

@@ -14,6 +14,7 @@ builds). ``locate`` builds on first use; failures raise ``KernelUnavailable`` wi
 ``python -m codegeex_ms.ops.build_kernels`` (``run_scripts/build_kernels.sh``) builds ahead of time.
 """
 
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -160,15 +161,26 @@ def _nvcc() -> str:
     raise KernelUnavailable("nvcc not found (install the CUDA toolkit or set $CUDA_HOME)")
 
 
+def _local_gpu_archs() -> list:
+    """SM versions of the GPUs nvidia-smi reports here (``"9.0"`` → ``"90"``), or []."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    proc = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60, check=False)
+    caps = {line.strip().replace(".", "") for line in proc.stdout.splitlines() if line.strip()}
+    return sorted(c for c in caps if c.isdigit()) if proc.returncode == 0 else []
+
+
 def cuda_archs(nvcc: str) -> list:
-    """SM versions to build: $CODEGEEX_CUDA_ARCHS (``"80;90"``) or the defaults nvcc supports."""
+    """SM versions to build: $CODEGEEX_CUDA_ARCHS (``"80;90"``), else those of the local GPUs,
+    else the defaults that nvcc supports."""
     env = os.environ.get("CODEGEEX_CUDA_ARCHS")
     if env:
         return [a.strip() for a in env.replace(",", ";").split(";") if a.strip()]
     proc = subprocess.run([nvcc, "--list-gpu-arch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=60, check=False)
     supported = {line.strip().replace("compute_", "") for line in proc.stdout.splitlines()}
-    archs = [a for a in DEFAULT_CUDA_ARCHS if a in supported]
+    archs = [a for a in (_local_gpu_archs() or DEFAULT_CUDA_ARCHS) if a in supported]
     if not archs:
         raise KernelUnavailable(f"{nvcc} supports none of the SM versions {DEFAULT_CUDA_ARCHS}")
     return archs
@@ -196,6 +208,14 @@ def build_cuda(kernel: str) -> Path:
         return lib
 
     return _build_once(cache_dir() / f"{kernel}-cuda-{key}.so", build)
+
+
+def probe_cuda(lib: Path) -> None:
+    """Raise KernelUnavailable unless ``lib``'s CUDA runtime finds a usable GPU."""
+    code = ctypes.CDLL(str(lib)).CodegeexCudaProbe()
+    if code != 0:
+        raise KernelUnavailable(f"{lib.name} cannot use a GPU here (cudaError {code}; 100: no device, "
+                                "35: no NVIDIA driver or one older than the CUDA runtime it was built with)")
 
 
 # ------------------------------------------------------------------------------------- Ascend
@@ -271,7 +291,9 @@ def locate(kernel: str, target: str) -> str:
             if target == "CPU":
                 _RESULTS[key] = str(build_cpu(kernel))
             elif target == "GPU":
-                _RESULTS[key] = str(build_cuda(kernel))
+                lib = build_cuda(kernel)
+                probe_cuda(lib)
+                _RESULTS[key] = str(lib)
             else:
                 vendor = build_ascend()
                 activate_ascend_package(vendor)

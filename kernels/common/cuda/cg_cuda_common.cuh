@@ -60,4 +60,15 @@ __device__ __forceinline__ float BlockSum(float v, float *shared) {
 
 }  // namespace cg
 
+// Host-side probe, called by the Python loader before it hands this library to MindSpore: 0 if a
+// GPU can be used with the CUDA runtime linked in here, else the cudaError_t (35: no driver, or
+// one older than this runtime; 100: no device). Each kernel library is built from one .cu file, so
+// this definition appears once per library.
+extern "C" int CodegeexCudaProbe() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  return count > 0 ? 0 : static_cast<int>(cudaErrorNoDevice);
+}
+
 #endif  // CODEGEEX_KERNELS_CG_CUDA_COMMON_CUH_
