@@ -165,15 +165,15 @@ def cpu_model() -> str:
 
 
 def print_table(rows) -> None:
-    head = (f"{'op':18s} {'dtype':8s} {'elements':>10s} {'fused ms':>9s} {'(CPU ms)':>9s} {'builtin ms':>10s} {'speedup':>8s} "
-            f"{'copy GB/s':>9s} {'bound ms':>9s} {'fused/bound':>11s}")
+    head = (f"{'op':18s} {'dtype':8s} {'elements':>10s} {'fused ms':>9s} {'(CPU ms)':>9s} {'builtin ms':>10s} "
+            f"{'speedup':>8s} {'copy GB/s':>9s} {'bound ms':>9s} {'fused/bound':>11s}")
     print(head)
     print("-" * len(head))
     for r in rows:
         builtin = f"{r['builtin_ms']:10.2f}" if r["builtin_ms"] else f"{'-':>10s}"
         speedup = f"{r['speedup']:7.1f}x" if r["speedup"] else f"{'-':>8s}"
-        print(f"{r['op']:18s} {r['dtype']:8s} {r['elements']:>10d} {r['fused_ms']:9.2f} {r['fused_cpu_ms']:9.2f} {builtin} {speedup} "
-              f"{r['copy_GBps']:9.1f} {r['bound_ms']:9.2f} {r['fused_over_bound']:10.2f}x")
+        print(f"{r['op']:18s} {r['dtype']:8s} {r['elements']:>10d} {r['fused_ms']:9.2f} {r['fused_cpu_ms']:9.2f} "
+              f"{builtin} {speedup} {r['copy_GBps']:9.1f} {r['bound_ms']:9.2f} {r['fused_over_bound']:10.2f}x")
 
 
 def main(argv=None) -> int:

@@ -29,25 +29,28 @@ def fused_fixture_model(golden, *overrides):
     return net
 
 
-@pytest.fixture()
-def graph_mode():
+@pytest.fixture(name="graph_mode")
+def graph_mode_fixture():
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def test_logits_and_loss_match_reference_with_fused_kernels(golden, graph_mode):  # pylint: disable=redefined-outer-name,unused-argument
+@pytest.mark.usefixtures("graph_mode")
+def test_logits_and_loss_match_reference_with_fused_kernels(golden):
     net = fused_fixture_model(golden)
     ids = golden["input_ids"]
     b, s = ids.shape
     logits = net(ms.Tensor(ids), ms.Tensor(positions(b, s)), ms.Tensor(causal_mask(b, s))).asnumpy()
     assert np.abs(logits - golden["logits_full"]).max() < 1e-4
-    loss = CodeGeeXWithLoss(net)(ms.Tensor(ids[:, :-1]), ms.Tensor(ids[:, 1:]), ms.Tensor(positions(b, s - 1)),
-                                 ms.Tensor(causal_mask(b, s - 1)), ms.Tensor(np.ones((b, s - 1), np.float32)))
+    loss = CodeGeeXWithLoss(net)(ms.Tensor(ids[:, :-1]), ms.Tensor(ids[:, 1:]),
+                                 ms.Tensor(positions(b, s - 1)), ms.Tensor(causal_mask(b, s - 1)),
+                                 ms.Tensor(np.ones((b, s - 1), np.float32)))
     assert float(loss.asnumpy()) == pytest.approx(golden["config"]["loss_next_token_mean"], abs=1e-5)
 
 
-def test_fp16_compute_with_fused_kernels_close_to_reference(golden, graph_mode):  # pylint: disable=redefined-outer-name,unused-argument
+@pytest.mark.usefixtures("graph_mode")
+def test_fp16_compute_with_fused_kernels_close_to_reference(golden):
     """FP16 scores and activations go through the kernels' FP16 paths (FP32 math inside)."""
     net = fused_fixture_model(golden, "model.compute_dtype=float16")
     ids = golden["input_ids"]

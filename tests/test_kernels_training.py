@@ -65,14 +65,15 @@ def train_losses(cfg, fused, init_weights, batches):
     return np.array([float(step(*map(ms.Tensor, batch)).asnumpy()) for batch in batches])
 
 
-@pytest.fixture(scope="module")
-def graph_mode():
+@pytest.fixture(scope="module", name="graph_mode")
+def graph_mode_fixture():
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def test_twenty_steps_fused_on_and_off_agree(graph_mode):  # pylint: disable=redefined-outer-name,unused-argument
+@pytest.mark.usefixtures("graph_mode")
+def test_twenty_steps_fused_on_and_off_agree():
     cfg = load_config(str(REPO_ROOT / "ascend_configs" / "tiny_fixture.yaml")).model
     assert cfg.dropout == 0.0 and cfg.compute_dtype == "float32"
     ms.set_seed(7)

@@ -23,7 +23,8 @@ from codegeex_ms.ops import kernel_build
 
 MODES = ("auto", "on", "off")
 FLOAT_TYPES = (ms.float16, ms.float32)
-MASK_TYPES = {"CPU": (ms.float16, ms.float32, ms.uint8, ms.bool_), "GPU": (ms.float16, ms.float32, ms.uint8, ms.bool_),
+MASK_TYPES = {"CPU": (ms.float16, ms.float32, ms.uint8, ms.bool_),
+              "GPU": (ms.float16, ms.float32, ms.uint8, ms.bool_),
               "Ascend": (ms.float16, ms.float32)}
 """Mask dtypes each target's masked-softmax kernel reads."""
 ASCEND_OP_NAMES = {
@@ -47,6 +48,7 @@ class FusedOp(NamedTuple):
 
 
 def check_mode(mode: str) -> str:
+    """``mode`` if it is one of ``MODES``, else ValueError naming it."""
     if mode not in MODES:
         raise ValueError(f"fused={mode!r} is not one of {MODES} (config key model.fused_kernels)")
     return mode
