@@ -3,6 +3,7 @@ the quantize CLI and its checkpoints, the generator on an INT8 checkpoint, the 1
 
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from codegeex_ms.model.quant import (dequantize_rows, is_quantized_weight, quant
                                      quantized_infos, quantize_tensors, scale_name, weight_bytes)
 from codegeex_ms.checkpoint.base import TensorInfo
 from codegeex_ms.parallel import apply_shard_plan, check_shard_plan, parameter_splits
+from codegeex_ms.paths import REPO_ROOT, shared_data_dir
 from codegeex_ms.plan import build_plan
 from codegeex_ms.quantize import checkpoint_weight_quant, load_quantized, quantize_into
 from codegeex_ms.quantize import main as quantize_main
@@ -209,8 +211,8 @@ def test_int8_logits_stay_close_to_fp32(golden, fixture_nets, which):
 
 
 def run_quantize(*args):
-    return subprocess.run([sys.executable, "-m", "codegeex_ms.quantize", "--quiet", *args],
-                          capture_output=True, text=True)
+    """``python -m codegeex_ms.quantize`` in-process; returns its exit status."""
+    return quantize_main(["--quiet", *args])
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +234,7 @@ def fp16_checkpoint(tmp_path_factory):
 def test_quantize_cli_halves_the_linear_weights(fp16_checkpoint, tmp_path, ext):
     paths, tensors = fp16_checkpoint
     src, out = paths[ext], tmp_path / f"int8.{ext}"
-    proc = run_quantize("--input", str(src), "--output", str(out), "--config", "tiny_fixture")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert run_quantize("--input", str(src), "--output", str(out), "--config", "tiny_fixture") == 0
     assert checkpoint_weight_quant(out) == "int8" and checkpoint_weight_quant(src) == "none"
     with open_weights(out) as weights:
         assert weights.metadata["weight_quant"] == "int8"
@@ -263,7 +264,7 @@ def test_quantize_cli_rejects_bad_requests(fp16_checkpoint, tmp_path, capsys):
     src = fp16_checkpoint[0]["ckpt"]
 
     def fails(*args):
-        assert quantize_main(["--quiet", *args]) == 2
+        assert run_quantize(*args) == 2
         return capsys.readouterr().err
 
     assert ".ckpt or .safetensors" in fails("--input", str(src), "--output", str(tmp_path / "x.pt"))
@@ -271,20 +272,19 @@ def test_quantize_cli_rejects_bad_requests(fp16_checkpoint, tmp_path, capsys):
     assert "hidden_size=128" in fails("--input", str(src), "--output", str(tmp_path / "x.ckpt"),
                                       "--config", "tiny")
     out = tmp_path / "int8.ckpt"
-    assert quantize_main(["--quiet", "--input", str(src), "--output", str(out)]) == 0
+    assert run_quantize("--input", str(src), "--output", str(out)) == 0
     assert "already an INT8 checkpoint" in fails("--input", str(out), "--output", str(tmp_path / "again.ckpt"))
     assert "missing.pt" in fails("--input", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "y.ckpt"))
     assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "y.ckpt").exists()
 
 
 def test_generator_on_int8_checkpoint_reproduces_fixture_greedy_tokens(golden, tmp_path, caplog):
-    """The release .pt quantized by the CLI; ``load_model`` sees the INT8 checkpoint, switches the
+    """The release .pt quantized by the CLI's main; ``load_model`` sees the INT8 checkpoint, switches the
     float config to INT8 with a notice, and greedy decoding gives the reference's FP32 tokens for
     all 12 steps: the smallest top-1/top-2 logit margin of the fixture's decode (~0.09) is several
     times the INT8 logit error measured above (~0.02)."""
     out = tmp_path / "fixture_int8.ckpt"
-    proc = run_quantize("--input", str(golden["pt"]), "--output", str(out), "--config", "tiny_fixture")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert run_quantize("--input", str(golden["pt"]), "--output", str(out), "--config", "tiny_fixture") == 0
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = load_config(FIXTURE_CONFIG)
     assert cfg.model.weight_quant == "none"
@@ -381,3 +381,30 @@ def test_quantized_declared_shapes_are_the_real_ones(compute_dtype):
     assert set(seen) == linear_ops
     for name in linear_ops:
         assert seen[name] == declared[name], name
+
+
+def test_run_infer_script_generates_from_an_int8_checkpoint(tmp_path):
+    """``run_scripts/run_infer.sh`` end to end: env-var defaults (CONFIG, CHECKPOINT, LANGUAGE=),
+    options passed through, an INT8 checkpoint made by ``python -m codegeex_ms.quantize`` from a
+    random FP16 tiny model and picked up by the generator with its notice."""
+    tokenizer_dir = shared_data_dir() / "codegeex_tokenizer"
+    if not (tokenizer_dir / "vocab.json").exists():
+        pytest.skip(f"tokenizer files missing in {tokenizer_dir}")
+    cfg = load_config("ascend_configs/tiny.yaml")
+    net = build_model(cfg.model, allocate=False)
+    rng = np.random.default_rng(5)
+    save_weights(tmp_path / "tiny.ckpt", {n: (0.02 * rng.standard_normal(p.shape)).astype(np.float16)
+                                          for n, p in net.parameters_and_names()})
+    int8 = tmp_path / "tiny_int8.ckpt"
+    proc = subprocess.run([sys.executable, "-m", "codegeex_ms.quantize", "--input", str(tmp_path / "tiny.ckpt"),
+                           "--output", str(int8), "--config", "tiny", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "linear weights 1.1 MiB -> 0.6 MiB" in proc.stdout
+    env = {**os.environ, "CONFIG": "tiny", "CHECKPOINT": str(int8), "LANGUAGE": "",
+           "CODEGEEX_TOKENIZER_DIR": str(tokenizer_dir)}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "run_scripts" / "run_infer.sh"), "--prompt", "def add(a, b):",
+                           "--max-new-tokens", "4", "--temperature", "0", "--no-stream"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "INT8 (W8A16) checkpoint" in proc.stderr
+    assert "[prefill 16 tokens" in proc.stderr and "3 decode steps" in proc.stderr
