@@ -13,6 +13,11 @@ length. For each model, weights (FP32 or INT8 W8A16) and batch:
   tables, of which a step reads one row each) ÷ the measured copy bandwidth; ratio = measured
   decode time / bound. The KV cache read per step is listed separately.
 
+INT8 here is the per-layer path of ``codegeex_ms.model.layers.Linear``: each step casts every
+int8 weight to an FP32 copy before the matmul (1 byte read + 4 written + 4 read per weight, where
+FP32 reads 4), so on CPU its decode cannot approach the INT8 bound; only a fused W8A16 kernel
+would turn the halved bytes into speed.
+
 Copy bandwidth: best of several NumPy copies of a 256 MiB array, counting bytes read + written
 (STREAM "copy" convention). Compile time is excluded (one warm-up call per shape).
 Weight memory: bytes of the parameters of the medium model built in FP16 and in INT8 (FP16

@@ -279,10 +279,12 @@ def test_quantize_cli_rejects_bad_requests(fp16_checkpoint, tmp_path, capsys):
 
 
 def test_generator_on_int8_checkpoint_reproduces_fixture_greedy_tokens(golden, tmp_path, caplog):
-    """The release .pt quantized by the CLI's main; ``load_model`` sees the INT8 checkpoint, switches the
-    float config to INT8 with a notice, and greedy decoding gives the reference's FP32 tokens for
-    all 12 steps: the smallest top-1/top-2 logit margin of the fixture's decode (~0.09) is several
-    times the INT8 logit error measured above (~0.02)."""
+    """The release .pt quantized by the CLI's main; ``load_model`` sees the INT8 checkpoint,
+    switches the float config to INT8 with a notice, and greedy decoding gives the reference's
+    FP32 tokens for all 12 steps. A margin argument guarantees this only for steps whose
+    reference top-1/top-2 gap exceeds twice the INT8 logit error (asserted); the gap is 0.0065
+    and 0.010 at steps 0 and 1, below that error (~0.02), so full agreement there is what this
+    deterministic quantization gives, asserted as a regression check."""
     out = tmp_path / "fixture_int8.ckpt"
     assert run_quantize("--input", str(golden["pt"]), "--output", str(out), "--config", "tiny_fixture") == 0
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -307,10 +309,15 @@ def test_generator_on_int8_checkpoint_reproduces_fixture_greedy_tokens(golden, t
     gen = Generator(net, IdTokenizer())
     gen.trace = []
     prompts = [list(map(int, row)) for row in golden["decode_prompt_ids"]]
-    tokens = [c.token_ids for c in gen.generate(prompts, 12)]
-    assert tokens == golden["decode_greedy_ids"].tolist()
-    step_logits = np.stack(gen.trace, axis=1)
-    assert np.abs(step_logits - golden["decode_step_logits"]).max() < 0.1
+    tokens = np.array([c.token_ids for c in gen.generate(prompts, 12)])
+    reference = golden["decode_step_logits"]
+    error = np.abs(np.stack(gen.trace, axis=1) - reference).max(axis=-1)   # [batch, step]
+    assert error.max() < 0.05
+    top2 = np.sort(reference, axis=-1)[..., -2:]
+    safe = top2[..., 1] - top2[..., 0] > 2 * error
+    assert safe.sum() >= 0.75 * safe.size
+    np.testing.assert_array_equal(tokens[safe], golden["decode_greedy_ids"][safe])
+    np.testing.assert_array_equal(tokens, golden["decode_greedy_ids"])
 
 
 # ------------------------------------------------------------------------------- 13B: plan and bytes
