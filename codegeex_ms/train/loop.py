@@ -148,6 +148,10 @@ def run(cfg, resume: bool = False, device_target: str = "CPU", progress: bool = 
             logger.warning("--resume: no valid checkpoint in %s; starting from scratch", manager.directory)
         else:
             step, params, meta = found
+            if meta.get("world", 1) != topology.world:
+                raise ValueError(f"{manager.path(step)} was written by a job of {meta.get('world')} "
+                                 f"process(es), this one has {topology.world}: resume with the same "
+                                 "layout (the data position is counted per rank).")
             restore(trainer.state, params)
             start, consumed = meta["step"], meta["consumed_micro_batches"]
             if meta.get("seed") != t.seed:
