@@ -184,3 +184,29 @@ def test_accumulation_averages_micro_batches(graph_mode):
     # accumulators are cleared for the next step
     for acc in step.state.accum_grads:
         assert not acc.asnumpy().any()
+
+
+def test_fp16_codegeex_overflows_at_initial_scale_and_skips(graph_mode):
+    """The recipe's initial scale 2^32 overflows FP16 gradients of the real network: the step is
+    skipped (weights, moments, update count untouched) and the scale halves; at 2^31 it is again
+    too large and halves again."""
+    cfg = load_config(str(CONFIG_DIR / "tiny.yaml"), (
+        "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.ffn_hidden_size=64",
+        "model.vocab_size=64", "model.real_vocab_size=64", "model.eod_token_id=63",
+        "model.max_position_embeddings=16", "train.seq_length=8", "inference.max_length=16",
+        "model.compute_dtype=float16", "model.dropout=0.0", "train.loss_scale=4294967296"))
+    net = CodeGeeXWithLoss(build_model(cfg.model))
+    opt = build_optimizer(net, cfg.train)
+    step = TrainStep(net, opt, cfg.train)
+    before = {p.name: p.asnumpy().copy() for p in step.state.get_parameters()}
+    ids = (np.arange(16, dtype=np.int32).reshape(2, 8) * 7) % 63
+    data = (Tensor(ids), Tensor((ids + 1) % 63), Tensor(np.tile(np.arange(8, dtype=np.int32), (2, 1))),
+            Tensor(np.tile(np.tril(np.ones((8, 8), np.uint8)), (2, 1, 1))), Tensor(np.ones((2, 8), np.float32)))
+    for expected_scale in (2.0 ** 32, 2.0 ** 31):
+        loss, finite, scale, _, _ = (o.asnumpy() for o in step.update(data))
+        assert np.isfinite(loss) and not bool(finite) and float(scale) == expected_scale
+    after = {p.name: p.asnumpy() for p in step.state.get_parameters()}
+    assert float(after.pop("loss_scale.value")) == 2.0 ** 30
+    before.pop("loss_scale.value")
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
