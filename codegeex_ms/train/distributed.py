@@ -80,6 +80,12 @@ def init_topology(cfg, device_target: str) -> Topology:
             parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, device_num=world,
             gradients_mean=False, full_batch=False, enable_parallel_optimizer=p.optimizer_shard,
             strategy_ckpt_config={"save_file": str(strategy), "only_trainable_params": False})
+        if p.optimizer_shard:
+            from codegeex_ms.parallel.strategy_file import (  # pylint: disable=import-outside-toplevel
+                optimizer_shard_size_for, planned_parameters)
+            size = optimizer_shard_size_for(planned_parameters(cfg.model, p), p)
+            ms.set_auto_parallel_context(parallel_optimizer_config={
+                "gradient_accumulation_shard": False, "optimizer_weight_shard_size": size or -1})
         mode = "semi_auto_parallel"
     else:
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, device_num=world,

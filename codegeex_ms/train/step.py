@@ -8,16 +8,14 @@ micro-batches (forward + backward, gradients added to the accumulators, no commu
 unscales by ``scale * A``, checks overflow, adjusts the scale, clips to the global norm and applies
 the optimizer unless the gradients overflowed.
 
-Overflow check: :func:`mindspore.amp.all_finite`, which takes the native status registers on
+Overflow check: :func:`mindspore.amp.all_finite`, which uses the native overflow check on
 Ascend and ``isfinite`` on CPU. The scale follows :class:`mindspore.amp.DynamicLossScaler`
 (``*factor`` after ``window`` finite steps in a row, ``/factor`` (floor 1) on overflow).
 """
 
 import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore.amp import DynamicLossScaler, all_finite
-from mindspore.context import ParallelMode
-from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
 
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _mul = ops.MultitypeFuncGraph("mul")
@@ -153,9 +151,10 @@ class TrainState(nn.Cell):
         self.scaled_grads = ScaledGrads(network, self.weights)
         self.reducer = None
         self.num_ranks = 1
-        if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
-            self.num_ranks = _get_device_num()
-            self.reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), self.num_ranks)
+        if ms.get_auto_parallel_context("parallel_mode") == ms.ParallelMode.DATA_PARALLEL:
+            self.num_ranks = ms.get_auto_parallel_context("device_num")
+            self.reducer = nn.DistributedGradReducer(
+                self.weights, ms.get_auto_parallel_context("gradients_mean"), self.num_ranks)
 
 
 class TrainStep:
