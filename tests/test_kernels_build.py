@@ -2,7 +2,6 @@
 the Ascend C package staging, the entry points' argument checks, and name consistency between
 the Python wiring and the kernel sources."""
 
-import ctypes
 import json
 import os
 import re
@@ -13,22 +12,10 @@ import numpy as np
 import pytest
 
 from codegeex_ms.ops import fused, kernel_build
+from codegeex_ms.ops.kernel_build import call_aot
 from codegeex_ms.paths import REPO_ROOT
 
 KERNELS_DIR = REPO_ROOT / "kernels"
-
-
-def call_aot(lib_path, symbol, arrays, dtypes=None):
-    """Call an aot entry point ``int f(nparam, params, ndims, shapes, dtypes, stream, extra)``."""
-    fn = getattr(ctypes.CDLL(str(lib_path)), symbol)
-    n = len(arrays)
-    params = (ctypes.c_void_p * n)(*[a.ctypes.data for a in arrays])
-    ndims = (ctypes.c_int * n)(*[a.ndim for a in arrays])
-    dims = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
-    shapes = (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims])
-    names = dtypes or [{"float32": "float32", "float16": "float16", "uint8": "uint8"}[a.dtype.name] for a in arrays]
-    types = (ctypes.c_char_p * n)(*[t.encode() for t in names])
-    return fn(n, params, ndims, shapes, types, None, None)
 
 
 def test_build_script_builds_cpu_and_reports_skipped_ascend(tmp_path):

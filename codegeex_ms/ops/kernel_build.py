@@ -272,6 +272,24 @@ def activate_ascend_package(vendor_dir: Path) -> None:
         os.environ["ASCEND_CUSTOM_OPP_PATH"] = ":".join([str(vendor_dir), *current])
 
 
+# ---------------------------------------------------------------------------- direct calls
+
+def call_aot(lib, symbol: str, arrays, dtypes=None) -> int:
+    """Call aot entry point ``symbol`` of library ``lib`` on NumPy arrays (inputs then outputs,
+    C-contiguous), as MindSpore would: ``int f(nparam, params, ndims, shapes, dtypes, stream,
+    extra)``. ``dtypes`` overrides the dtype names passed. Returns the kernel's status code. For
+    tests and benchmarks of the CPU kernels without the framework around them."""
+    fn = getattr(ctypes.CDLL(str(lib)), symbol)
+    n = len(arrays)
+    params = (ctypes.c_void_p * n)(*[a.ctypes.data for a in arrays])
+    ndims = (ctypes.c_int * n)(*[a.ndim for a in arrays])
+    dims = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
+    shapes = (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims])
+    names = dtypes or [a.dtype.name for a in arrays]
+    types = (ctypes.c_char_p * n)(*[t.encode() for t in names])
+    return fn(n, params, ndims, shapes, types, None, None)
+
+
 # ------------------------------------------------------------------------------------ locate
 
 _RESULTS = {}
