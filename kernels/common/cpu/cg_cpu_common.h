@@ -14,6 +14,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -151,32 +152,47 @@ inline int NumThreads() {
   return count;
 }
 
-// Run fn(begin, end) over contiguous parts of [0, n), one per thread, each part at least
-// `min_per_thread` long (serial below that: starting a thread costs ~20 us). The calling thread
-// takes the first part; if a thread cannot be started its part runs on the caller.
+// Run fn(begin, end) over [0, n) on up to NumThreads() threads (the caller included). The range
+// is cut in chunks of at least `min_per_thread` elements (starting a thread costs ~20 us), about
+// kChunksPerThread per thread, handed out one at a time: on a shared machine a thread that gets
+// less CPU time simply takes fewer chunks instead of holding up the call. If a thread cannot be
+// started, the others do its share.
+constexpr int64_t kChunksPerThread = 8;
+
 template <typename Fn>
 inline void ParallelFor(int64_t n, int64_t min_per_thread, Fn fn) {
   const int64_t by_size = n / std::max<int64_t>(min_per_thread, 1);
-  const int64_t parts = std::min<int64_t>(NumThreads(), by_size);
-  if (parts <= 1) {
+  const int64_t threads = std::min<int64_t>(NumThreads(), by_size);
+  if (threads <= 1) {
     if (n > 0) fn(int64_t{0}, n);
     return;
   }
-  const int64_t chunk = (n + parts - 1) / parts;
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(parts - 1));
-  for (int64_t p = 1; p < parts; ++p) {
-    const int64_t begin = p * chunk;
-    const int64_t end = std::min(n, begin + chunk);
-    if (begin >= end) break;
+  const int64_t chunks = std::min<int64_t>(by_size, threads * kChunksPerThread);
+  const int64_t grain = (n + chunks - 1) / chunks;
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
+    for (int64_t c = next.fetch_add(1); c * grain < n; c = next.fetch_add(1)) {
+      fn(c * grain, std::min(n, (c + 1) * grain));
+    }
+  };
+  std::vector<std::thread> helpers;
+  helpers.reserve(static_cast<size_t>(threads - 1));
+  for (int64_t t = 1; t < threads; ++t) {
     try {
-      workers.emplace_back(fn, begin, end);
+      helpers.emplace_back(worker);
     } catch (const std::system_error &) {
-      fn(begin, end);
+      break;
     }
   }
-  fn(int64_t{0}, std::min(n, chunk));
-  for (auto &w : workers) w.join();
+  worker();
+  for (auto &h : helpers) h.join();
+}
+
+// A per-thread FP32 scratch buffer of at least n elements (reused across calls on that thread).
+inline float *Scratch(size_t n) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
 }
 
 }  // namespace cg

@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-#include <vector>
 
 #include "cg_cpu_common.h"
 
@@ -85,9 +84,8 @@ void ForwardUnits(const TS *scores, const TM *mask, float scale, TS *out, const 
   const int64_t t = g.keys;
   const int64_t blocks_per_batch = (g.queries + block - 1) / block;
   const bool shared_mask = g.mask_heads == 1;
-  std::vector<float> scratch(static_cast<size_t>((shared_mask ? block : 1) * t + t));
-  float *x = scratch.data();
-  float *pens = scratch.data() + t;
+  float *x = cg::Scratch(static_cast<size_t>((shared_mask ? block : 1) * t + t));
+  float *pens = x + t;
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t b = u / blocks_per_batch, q0 = (u % blocks_per_batch) * block;
     const int64_t q1 = std::min(g.queries, q0 + block);
@@ -124,9 +122,8 @@ void ForwardUnits(const TS *scores, const TM *mask, float scale, TS *out, const 
 
 template <typename T>
 void BackwardRows(const T *y, const T *dy, float scale, T *dx, int64_t t, int64_t r0, int64_t r1) {
-  std::vector<float> scratch(static_cast<size_t>(2 * t));
-  float *ybuf = scratch.data();
-  float *gbuf = scratch.data() + t;
+  float *ybuf = cg::Scratch(static_cast<size_t>(2 * t));
+  float *gbuf = ybuf + t;
   for (int64_t r = r0; r < r1; ++r) {
     const float *yr = cg::AsFloat(y + r * t, ybuf, t);
     const float *gr = cg::AsFloat(dy + r * t, gbuf, t);
