@@ -161,3 +161,19 @@ def test_cli_errors_name_the_problem(tmp_path):
         evaluate.main(_args(tmp_path / "m", "generate"))
     with pytest.raises(SystemExit, match="needs --source-language"):
         evaluate.main(_args(tmp_path / "t", "generate", "--task", "translation"))
+
+
+def test_translation_track_with_canonical_generator(tmp_path):
+    if not (humaneval_dir() / "humaneval_js.jsonl.gz").exists():
+        pytest.skip("HumanEval-X JavaScript data missing")
+    evaluate.main(["--output-dir", str(tmp_path), "--task", "translation", "--source-language",
+                   "python", "--languages", "js,python", "--problems", "0,38",
+                   "--generator", "canonical", "--samples-per-problem", "1", "--workers", "2",
+                   "--no-progress"])
+    samples = _lines(tmp_path / "samples.jsonl")
+    assert {s["track"] for s in samples} == {"python-to-js"}   # python -> python is dropped
+    summary = json.loads((tmp_path / "pass_at_k.json").read_text())
+    if "python-to-js" in summary["skipped"]:
+        pytest.skip(f"JavaScript toolchain missing: {summary['skipped']['python-to-js']}")
+    assert summary["tracks"]["python-to-js"]["pass@1"] == 1.0
+    assert summary["tracks"]["python-to-js"]["task"] == "translation"

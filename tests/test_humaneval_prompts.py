@@ -9,7 +9,7 @@ from codegeex_ms.humaneval.jsonl import JsonlWriter, read_records
 from codegeex_ms.humaneval.languages import LANGUAGES, get_language, parse_language_list
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
 from codegeex_ms.humaneval.prompts import (Track, code_prefix, generation_input, model_input,
-                                           translation_input)
+                                           track_code_prefix, translation_input)
 from codegeex_ms.humaneval.stopping import (is_finished, make_stop_fn, stop_index,
                                             truncate_completion)
 
@@ -102,7 +102,12 @@ def test_translation_prompt(problems):
     track = Track("java", "python")
     assert track.name == "python-to-java" and Track.parse(track.name) == track
     assert model_input(track, tgt, src) == text
-    assert code_prefix(tgt, "java", translation=True) == tgt["declaration"]
+    # the program continues the target's prompt, which keeps helpers the declaration lacks
+    go = problems["go"]["Go/38"]
+    assert "func EncodeCyclic" in track_code_prefix(Track("go", "python"), go)
+    assert "func EncodeCyclic" not in go["declaration"]
+    assert track_code_prefix(Track("rust", "cpp"), problems["rust"]["Rust/0"]) == \
+        code_prefix(problems["rust"]["Rust/0"], "rust")
     with pytest.raises(ValueError, match="both 'go'"):
         Track("go", "go")
 

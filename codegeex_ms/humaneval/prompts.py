@@ -59,16 +59,16 @@ class Track:
         return Track(name)
 
 
-def code_prefix(problem: dict, language: str, translation: bool = False) -> str:
-    """The code the completion continues.
+def code_prefix(problem: dict, language: str) -> str:
+    """The code the completion continues: the problem's ``prompt`` (declaration + docstring).
 
-    Generation: the problem's ``prompt`` (declaration + docstring). Rust's ``prompt`` is only the
-    docstring comment, so its ``declaration`` (imports + signature) follows it. Translation: the
-    target's ``declaration``.
+    Rust's ``prompt`` is only the docstring comment, so its ``declaration`` (imports + signature)
+    follows it. Translation uses the same prefix: the model sees only the target declaration,
+    but the program is assembled as prompt + completion + tests (reference section 7), which
+    keeps helper functions some prompts define (e.g. ``encode_cyclic``) and that several
+    declarations lack.
     """
     key = get_language(language).key
-    if translation:
-        return problem["declaration"]
     if key == "rust":
         return problem["prompt"] + problem["declaration"]
     return problem["prompt"]
@@ -99,5 +99,5 @@ def model_input(track: Track, problem: dict, source_problem: dict = None) -> str
 
 
 def track_code_prefix(track: Track, problem: dict) -> str:
-    """Code prefix of one sample of ``track``."""
-    return code_prefix(problem, track.language, translation=track.source is not None)
+    """Code prefix of one sample of ``track`` (the same for generation and translation)."""
+    return code_prefix(problem, track.language)
