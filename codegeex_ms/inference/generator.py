@@ -10,6 +10,7 @@ graph per bucket and never per step.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -19,6 +20,9 @@ from codegeex_ms.inference.sampling import SamplingParams, log_softmax, mask_pad
 
 StopFn = Callable[[str], Optional[str]]
 """Given the completion so far, return the final (truncated) text to stop, or None to go on."""
+
+RowStopFn = Callable[[int, list], Optional[str]]
+"""Given a row and its new token ids so far, return a finish reason to end that row, or None."""
 
 
 class PromptTooLongError(ValueError):
@@ -57,10 +61,12 @@ class Generator:
     """Generate completions from a loaded :class:`~codegeex_ms.model.CodeGeeX`.
 
     ``tokenizer`` needs ``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and ``eod_id``.
-    ``max_length`` bounds prompt + new tokens (default: the model's positions).
+    ``max_length`` bounds prompt + new tokens (default: the model's positions). ``max_decoders``
+    (batch, cache length) shapes keep their compiled graphs and caches alive, least recently used
+    dropped first (1: only the last shape, the least memory).
     """
 
-    def __init__(self, model, tokenizer, max_length: int = 0):
+    def __init__(self, model, tokenizer, max_length: int = 0, max_decoders: int = 1):
         self.model = model
         self.cfg = model.config
         self.tokenizer = tokenizer
@@ -72,7 +78,10 @@ class Generator:
         self.pad = self.cfg.eod_token_id     # fills left padding (masked out)
         self.timing = Timing()
         self.trace = None      # set to a list to record every step's logits [B, V]
-        self._decoders = {}
+        if max_decoders < 1:
+            raise ValueError(f"max_decoders must be >= 1, got {max_decoders}")
+        self.max_decoders = max_decoders
+        self._decoders = OrderedDict()
         model.set_train(False)
 
     # ------------------------------------------------------------------ cache management
@@ -80,8 +89,11 @@ class Generator:
     def _decoder(self, batch: int, length: int):
         from codegeex_ms.model.kv_cache import CachedDecoder
         key = (batch, length)
-        if key not in self._decoders:
-            self._decoders.clear()  # keep one cache allocation alive at a time
+        if key in self._decoders:
+            self._decoders.move_to_end(key)
+        else:
+            while len(self._decoders) >= self.max_decoders:
+                self._decoders.popitem(last=False)  # free that cache before allocating this one
             self._decoders[key] = CachedDecoder(self.model, batch, length)
             self.timing.compiles.append(key)
         return self._decoders[key]
@@ -140,22 +152,29 @@ class Generator:
                  length_penalty: float = 1.0, early_stopping: bool = True,
                  stop: Sequence[str] = (), stop_fn: Optional[StopFn] = None,
                  seed: Optional[int] = None, truncate: str = "error",
-                 on_text: Optional[Callable[[int, str], None]] = None) -> list:
+                 on_text: Optional[Callable[[int, str], None]] = None,
+                 should_stop: Optional[RowStopFn] = None) -> list:
         """Complete every prompt; returns one :class:`Completion` per prompt.
 
         ``stop`` strings end a sequence (excluded from the text), as does EOS and ``stop_fn``.
         ``on_text(row, new_text)`` streams text as it is produced (never part of a stop string).
+        ``should_stop(row, token_ids)`` is asked after each new token of a live row; a returned
+        string ends that row with it as ``finish_reason`` (a per-row length limit, a cancelled
+        request); generation ends once every row has ended. Sampling and greedy only.
         ``num_beams > 1`` runs beam search (sampling parameters are then ignored).
         """
         token_lists = self.encode_prompts(prompts, max_new_tokens, truncate)
         if num_beams > 1:
+            if should_stop is not None:
+                raise ValueError("should_stop is not supported with beam search (num_beams > 1)")
             return [self._beam_search(toks, max_new_tokens, num_beams, length_penalty,
                                       early_stopping, stop, stop_fn) for toks in token_lists]
-        return self._sample(token_lists, max_new_tokens, sampling, stop, stop_fn, seed, on_text)
+        return self._sample(token_lists, max_new_tokens, sampling, stop, stop_fn, seed, on_text,
+                            should_stop)
 
     # ------------------------------------------------------------------ sampling / greedy
 
-    def _sample(self, token_lists, max_new, sampling, stop, stop_fn, seed, on_text):
+    def _sample(self, token_lists, max_new, sampling, stop, stop_fn, seed, on_text, should_stop):
         b = len(token_lists)
         p = self._prompt_bucket(max(len(t) for t in token_lists), max_new)
         length = bucket(p + max_new, self.max_length)
@@ -184,6 +203,8 @@ class Generator:
                 else:
                     generated[r].append(int(tokens[r]))
                     texts[r], finish[r] = self._check_stop(generated[r], stop, stop_fn)
+                    if finish[r] is None and should_stop is not None:
+                        finish[r] = should_stop(r, generated[r])
                 if on_text is not None:
                     safe = len(texts[r]) if finish[r] else max(emitted[r], len(texts[r]) - holdback)
                     if safe > emitted[r]:
