@@ -219,10 +219,13 @@ class Sandbox:
                            preexec=lambda: _apply_rlimits(rlimits))
 
     def _hidden_dirs(self) -> list:
-        dirs = {Path.home()}
+        """Home directories replaced by empty tmpfs mounts (those under /tmp go with /tmp)."""
+        dirs = {Path.home().resolve()}
         if self.is_root:
             dirs.add(Path("/root"))
-        return [d for d in sorted(dirs) if d.is_dir() and d != Path("/")]
+        tmp = Path("/tmp")
+        return [d for d in sorted(dirs) if d.is_dir() and d != Path("/") and d != tmp
+                and tmp not in d.parents and d not in tmp.parents]
 
     def _bwrap_argv(self, argv, cwd, limits, slot, env, visible, writable) -> list:
         cmd = ["bwrap", "--die-with-parent", "--new-session"]
@@ -258,6 +261,8 @@ class Sandbox:
         made.clear()  # /tmp is a fresh tmpfs: its subdirectories must be made again
         for p in [cwd] + [Path(w).resolve() for w in writable]:
             cmd += parents(p) + ["--bind", str(p), str(p)]
+        for t in tmpfs:  # in a user namespace the program would own them: no writes there
+            cmd += ["--remount-ro", str(t)]
         cmd += ["--chdir", str(cwd), "--clearenv"]
         for k, v in env.items():
             cmd += ["--setenv", k, str(v)]
