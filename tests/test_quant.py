@@ -191,9 +191,11 @@ def test_int8_logits_stay_close_to_fp32(golden, fixture_nets, which):
         net, net8 = fixture_nets
         ids = golden["input_ids"]
     else:
-        net = random_float_model(f"ascend_configs/{which}.yaml")
+        # The vocabulary stays float and does not change the linear layers: 8192 rows keep it fast.
+        net = random_float_model(f"ascend_configs/{which}.yaml", "model.vocab_size=8192",
+                                 "model.real_vocab_size=8192", "model.eod_token_id=0")
         net8 = int8_twin(net)
-        ids = np.random.default_rng(3).integers(0, 50000, (2, 16))
+        ids = np.random.default_rng(3).integers(0, 8192, (2, 16))
     ref, out = forward(net, ids), forward(net8, ids)
     diff = out - ref
     kl = kl_divergence(ref, out)

@@ -7,7 +7,8 @@ quantized symmetrically per output row: ``scale = absmax(row) / 127`` (FP32) and
 Embeddings, LayerNorms and biases are left as they are. A quantized weight ``<name>.weight``
 gets its scales as ``<name>.weight_scale`` [out].
 
-Everything here is NumPy and streams one tensor at a time.
+The conversions are NumPy and stream one tensor at a time; ``weight_bytes`` counts a built
+network's parameter bytes.
 """
 
 from collections import OrderedDict
