@@ -24,7 +24,8 @@ def markdown_table(summary: dict) -> str:
              else f"{t['samples_min']}–{t['samples_max']}")
         lines.append(f"| {name} | {t['problems']} | {n} | {cells(t)} |")
     if summary["tracks"]:
-        lines.append(f"| **overall (mean of {summary['overall']['tracks']} tracks)** | | | "
+        n = summary["overall"]["tracks"]
+        lines.append(f"| **overall (mean of {n} track{'s' if n != 1 else ''})** | | | "
                      f"{cells(summary['overall'])} |")
     for name, reason in summary["skipped"].items():
         lines.append(f"| {name} | skipped: {reason.splitlines()[0] if reason else ''} | | "
