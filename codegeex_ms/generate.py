@@ -13,14 +13,10 @@ streams to the terminal as tokens arrive; several samples are printed one after 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import sys
 
 from codegeex_ms.config import add_config_args, config_from_args
 from codegeex_ms.inference.prompts import TASKS
-
-logger = logging.getLogger(__name__)
 
 
 def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode: str = "graph",
@@ -32,6 +28,7 @@ def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode:
     """
     from codegeex_ms import runtime
     from codegeex_ms.inference.generator import Generator
+    from codegeex_ms.model.build import load_model
     from codegeex_ms.tokenizer import CodeGeeXTokenizer
 
     tokenizer = CodeGeeXTokenizer.from_dir(tokenizer_dir or cfg.tokenizer.path or None)
@@ -40,27 +37,6 @@ def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode:
                          f"{cfg.model.vocab_size} vocabulary rows: wrong --tokenizer-dir or config?")
     runtime.setup(mode, device_target)
     return Generator(load_model(cfg.model, checkpoint), tokenizer, cfg.inference.max_length)
-
-
-def load_model(model_config, checkpoint: str):
-    """Build the network for ``model_config`` and load ``checkpoint`` into it.
-
-    An INT8 checkpoint (written by ``codegeex_ms.quantize``) switches ``weight_quant`` to int8
-    with a logged notice; with ``weight_quant: int8`` a float checkpoint is quantized while loading.
-    """
-    from codegeex_ms.checkpoint import load_into_network
-    from codegeex_ms.model.build import build_model
-    from codegeex_ms.quantize import checkpoint_weight_quant, load_quantized
-
-    if model_config.weight_quant != "int8" and checkpoint_weight_quant(checkpoint) == "int8":
-        logger.warning("%s is an INT8 (W8A16) checkpoint: using model.weight_quant=int8", checkpoint)
-        model_config = dataclasses.replace(model_config, weight_quant="int8")
-    model = build_model(model_config)
-    if model_config.weight_quant == "int8":
-        load_quantized(model, checkpoint)
-    else:
-        load_into_network(model, checkpoint)
-    return model
 
 
 def build_prompt(args, code: str) -> str:

@@ -24,7 +24,7 @@ def parse_args(argv=None):
     from codegeex_ms.runtime import add_runtime_args
     add_runtime_args(parser)
     parser.add_argument("--checkpoint", required=True,
-                        help="weights: MindSpore .ckpt/.safetensors or a release-layout .pt")
+                        help="weights: MindSpore .ckpt/.safetensors (float or INT8) or a release-layout .pt")
     parser.add_argument("--input-ids", required=True, help=".npy of int token ids [batch, seq]")
     parser.add_argument("--output", required=True, help=".npy to write the FP32 logits to")
     parser.add_argument("--decode-from", type=int, default=None, metavar="P",
@@ -84,11 +84,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--decode-from {args.decode_from}: must be in [1, {ids.shape[1]}]")
 
     from codegeex_ms import runtime
-    from codegeex_ms.checkpoint import load_into_network
-    from codegeex_ms.model.build import build_model
+    from codegeex_ms.model.build import load_model
     runtime.setup(args.mode, args.device_target)
-    model = build_model(cfg.model)
-    load_into_network(model, args.checkpoint)
+    model = load_model(cfg.model, args.checkpoint)
     model.set_train(False)
     if args.decode_from is None:
         logits = full_logits(model, ids)

@@ -98,7 +98,9 @@ def test_sampling_is_seeded_and_beams_score_at_least_greedy(model):
         row = gen.trace[step][0][:90].astype(np.float64)
         logp += row[tok] - np.log(np.exp(row - row.max()).sum()) - row.max()
     assert forced[0].token_ids == greedy.token_ids
-    assert beam.score >= logp - 1e-6
+    # The beam ran at batch 4 and the greedy path at batch 1: FP32 results of different shapes
+    # differ by ~1e-6 relative per logit, ~1e-5 over six steps; 1e-4 leaves room, no more.
+    assert beam.score >= logp - 1e-4
 
 
 def test_stop_strings_and_padding_rows(model):

@@ -14,7 +14,7 @@ import mindspore as ms
 
 from codegeex_ms.checkpoint import load_into_network, open_weights, save_weights
 from codegeex_ms.config import load_config
-from codegeex_ms.generate import load_model
+from codegeex_ms.model.build import load_model
 from codegeex_ms.inference.generator import Generator
 from codegeex_ms.model.build import build_model
 from codegeex_ms.model.layers import Linear
