@@ -20,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from codegeex_ms.paths import REPO_ROOT
 

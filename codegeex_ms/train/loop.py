@@ -129,6 +129,46 @@ def _save(manager, trainer, step, consumed, cfg, topology):
     return manager.save(trainer.state, step, meta)
 
 
+def _resume_point(manager, trainer, topology, cfg, resume: bool) -> tuple:
+    """``(step, consumed micro-batches)`` to start from, restoring the state when resuming."""
+    if not resume:
+        if manager.steps():
+            raise FileExistsError(f"{manager.directory} already holds checkpoints; pass --resume "
+                                  "to continue that run, or use another train.output_dir.")
+        return 0, 0
+    found = find_resume_point(manager, trainer.state, topology)
+    if found is None:
+        logger.warning("--resume: no valid checkpoint in %s; starting from scratch", manager.directory)
+        return 0, 0
+    step, params, meta = found
+    if meta.get("world", 1) != topology.world:
+        raise ValueError(f"{manager.path(step)} was written by a job of {meta.get('world')} "
+                         f"process(es), this one has {topology.world}: resume with the same "
+                         "layout (the data position is counted per rank).")
+    restore(trainer.state, params)
+    if meta.get("seed") != cfg.train.seed:
+        logger.warning("checkpoint was made with train.seed=%s, config has %s: dropout and data "
+                       "order follow the config", meta.get("seed"), cfg.train.seed)
+    logger.info("resumed from %s (step %d)", manager.path(step), step)
+    return meta["step"], meta["consumed_micro_batches"]
+
+
+def _finish(out: Path, trainer, topology, log) -> dict:
+    """Loss plot and exported weights (main rank); returns the output paths."""
+    paths = {}
+    if not topology.is_main:
+        return paths
+    rows = metrics.read_log(log.jsonl_path)
+    if rows:
+        metrics.plot_loss(rows, out / "loss_curve.png")
+        paths["plot"] = str(out / "loss_curve.png")
+    if topology.mode != "semi_auto_parallel":  # sharded weights: merge with codegeex_ms.distributed_ckpt
+        from codegeex_ms.checkpoint import save_weights  # pylint: disable=import-outside-toplevel
+        save_weights(out / "model_final.ckpt", trainer.model_weights())
+        paths["weights"] = str(out / "model_final.ckpt")
+    return paths
+
+
 def run(cfg, resume: bool = False, device_target: str = "CPU", progress: bool = True) -> dict:
     """Train per ``cfg``; returns a summary (steps run, first/last logged loss, output paths)."""
     t, out = cfg.train, Path(cfg.train.output_dir)
@@ -137,30 +177,11 @@ def run(cfg, resume: bool = False, device_target: str = "CPU", progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, topology, device_target)
     manager = CheckpointManager(out / "checkpoints" / f"rank_{topology.rank}", t.keep_checkpoints)
-
-    start, consumed = 0, 0
-    if not resume and manager.steps():
-        raise FileExistsError(f"{manager.directory} already holds checkpoints; pass --resume to "
-                              "continue that run, or use another train.output_dir.")
-    if resume:
-        found = find_resume_point(manager, trainer.state, topology)
-        if found is None:
-            logger.warning("--resume: no valid checkpoint in %s; starting from scratch", manager.directory)
-        else:
-            step, params, meta = found
-            if meta.get("world", 1) != topology.world:
-                raise ValueError(f"{manager.path(step)} was written by a job of {meta.get('world')} "
-                                 f"process(es), this one has {topology.world}: resume with the same "
-                                 "layout (the data position is counted per rank).")
-            restore(trainer.state, params)
-            start, consumed = meta["step"], meta["consumed_micro_batches"]
-            if meta.get("seed") != t.seed:
-                logger.warning("checkpoint was made with train.seed=%s, config has %s: dropout "
-                               "and data order follow the config", meta.get("seed"), t.seed)
-            logger.info("resumed from %s (step %d)", manager.path(step), step)
+    start, consumed = _resume_point(manager, trainer, topology, cfg, resume)
+    log = None
     if topology.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        log = metrics.TrainLog(out, resume_step=start if start else None)
+        log = metrics.TrainLog(out, resume_step=start or None)
 
     accum = t.grad_accumulation
     tokens_per_step = global_batch_size(cfg) * t.seq_length
@@ -178,27 +199,16 @@ def run(cfg, resume: bool = False, device_target: str = "CPU", progress: bool = 
         consumed += accum
         window.add(loss=loss, finite=finite, scale=scale, norm=norm, lr=lr,
                    time=time.perf_counter() - begin, first=step == start + 1)
-        if first is None:
-            first = loss
+        first = loss if first is None else first
         if not finite:
             logger.warning("step %d: gradients overflowed at loss scale %g; update skipped", step, scale)
         if step % t.log_every == 0 or step == t.train_steps:
             last_row = window.summary(step, tokens_per_step, flops_per_step, topology.world, peak)
-            if topology.is_main:
+            if log is not None:
                 log.write(last_row)
             bar.set_postfix(loss=f"{last_row['loss']:.4f}", lr=f"{lr:.2e}",
                             tok_s=f"{last_row['tokens_per_s']:.0f}")
         if (t.save_every and step % t.save_every == 0) or step == t.train_steps:
             _save(manager, trainer, step, consumed, cfg, topology)
-
-    summary = {"start_step": start, "end_step": t.train_steps, "first_loss": first,
-               "last_row": last_row, "output_dir": str(out)}
-    if topology.is_main:
-        rows = metrics.read_log(log.jsonl_path)
-        if rows:
-            metrics.plot_loss(rows, out / "loss_curve.png")
-        if topology.mode != "semi_auto_parallel":
-            from codegeex_ms.checkpoint import save_weights  # pylint: disable=import-outside-toplevel
-            save_weights(out / "model_final.ckpt", trainer.model_weights())
-            summary["weights"] = str(out / "model_final.ckpt")
-    return summary
+    return {"start_step": start, "end_step": t.train_steps, "first_loss": first,
+            "last_row": last_row, "output_dir": str(out), **_finish(out, trainer, topology, log)}
