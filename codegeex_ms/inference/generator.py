@@ -21,8 +21,8 @@ from codegeex_ms.inference.sampling import SamplingParams, log_softmax, mask_pad
 StopFn = Callable[[str], Optional[str]]
 """Given the completion so far, return the final (truncated) text to stop, or None to go on."""
 
-RowStopFn = Callable[[int, list], Optional[str]]
-"""Given a row and its new token ids so far, return a finish reason to end that row, or None."""
+RowStopFn = Callable[[int], Optional[str]]
+"""Given a row, return a finish reason to end that row now, or None to go on."""
 
 
 class PromptTooLongError(ValueError):
@@ -158,9 +158,9 @@ class Generator:
 
         ``stop`` strings end a sequence (excluded from the text), as does EOS and ``stop_fn``.
         ``on_text(row, new_text)`` streams text as it is produced (never part of a stop string).
-        ``should_stop(row, token_ids)`` is asked after each new token of a live row; a returned
-        string ends that row with it as ``finish_reason`` (a per-row length limit, a cancelled
-        request); generation ends once every row has ended. Sampling and greedy only.
+        ``should_stop(row)`` is asked after each new token of a live row; a returned string ends
+        that row with it as ``finish_reason`` (e.g. its request was cancelled); generation ends
+        once every row has ended. Sampling and greedy only.
         ``num_beams > 1`` runs beam search (sampling parameters are then ignored).
         """
         token_lists = self.encode_prompts(prompts, max_new_tokens, truncate)
@@ -204,7 +204,7 @@ class Generator:
                     generated[r].append(int(tokens[r]))
                     texts[r], finish[r] = self._check_stop(generated[r], stop, stop_fn)
                     if finish[r] is None and should_stop is not None:
-                        finish[r] = should_stop(r, generated[r])
+                        finish[r] = should_stop(r)
                 if on_text is not None:
                     safe = len(texts[r]) if finish[r] else max(emitted[r], len(texts[r]) - holdback)
                     if safe > emitted[r]:

@@ -1,0 +1,106 @@
+"""Serve a CodeGeeX checkpoint over HTTP.
+
+    python -m codegeex_ms.serve --config tiny --checkpoint model.ckpt --port 8000
+
+Then open http://127.0.0.1:8000/ for the playground, or call the OpenAI-style API:
+
+    curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
+        -d '{"prompt": "def fib(n):", "max_tokens": 32, "temperature": 0}'
+
+One thread runs the model; up to --max-queue requests wait (more get HTTP 429) and compatible
+waiting requests are batched, up to --max-batch rows. SIGINT/SIGTERM stop accepting connections,
+finish the requests in flight, then exit. The line "serving on http://HOST:PORT" is printed once
+the port is open (with --port 0, the port the system picked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from codegeex_ms.config import ConfigError, add_config_args, config_from_args
+from codegeex_ms.runtime import add_runtime_args
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m codegeex_ms.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, required=True)
+    add_runtime_args(parser)
+    parser.add_argument("--checkpoint", required=True,
+                        help="weights (.ckpt, .safetensors, INT8 .ckpt or release .pt)")
+    parser.add_argument("--tokenizer-dir", help="directory with vocab.json/merges.txt "
+                                                "(default: tokenizer.path, $CODEGEEX_TOKENIZER_DIR, shared data)")
+    parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="0 = any free port (default: %(default)s)")
+    parser.add_argument("--model-name", help="model id in answers (default: the checkpoint's file name)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="most rows generated together; 1 turns batching off (default: %(default)s)")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0,
+                        help="how long the oldest request waits for compatible ones to batch with "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests that may wait; more are answered 429 (default: %(default)s)")
+    parser.add_argument("--max-request-rows", type=int, default=8,
+                        help="prompts × n allowed in one request (default: %(default)s)")
+    parser.add_argument("--cached-shapes", type=int, default=4,
+                        help="(batch, length) shapes whose compiled graphs and KV caches stay alive "
+                             "(more: fewer recompiles, more memory; default: %(default)s)")
+    parser.add_argument("--max-body-kb", type=int, default=256, help="request body limit (default: %(default)s)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    for name in ("max_batch", "max_queue", "max_request_rows", "cached_shapes", "max_body_kb"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_window_ms < 0:
+        parser.error("--batch-window-ms must be >= 0")
+    return args
+
+
+def build_context(args, cfg):
+    """Load the model, tokenizer and language tags into a :class:`~.app.ServeContext`."""
+    from codegeex_ms.data.languages import Languages
+    from codegeex_ms.generate import language_stop_fn, load_generator
+    from codegeex_ms.serve.app import ServeContext
+    from codegeex_ms.serve.schemas import Limits
+    from codegeex_ms.serve.worker import ModelWorker
+
+    languages = Languages.load(args.language_tags)
+    generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target)
+    generator.max_decoders = args.cached_shapes
+    worker = ModelWorker(generator, max_batch=args.max_batch, max_queue=args.max_queue,
+                         batch_window=args.batch_window_ms / 1000, stop_rules=language_stop_fn)
+    return ServeContext(
+        worker=worker, tokenizer=generator.tokenizer, languages=languages, defaults=cfg.inference,
+        limits=Limits(generator.max_length, args.max_request_rows),
+        model_name=args.model_name or Path(args.checkpoint).stem,
+        stop_languages=frozenset(n for n in languages.names if language_stop_fn(n) is not None),
+        max_body_bytes=args.max_body_kb * 1024)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from codegeex_ms.serve.app import create_app
+    try:
+        cfg = config_from_args(args)
+        ctx = build_context(args, cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    config = uvicorn.Config(create_app(ctx), host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=None)
+    sock = config.bind_socket()
+    sock.listen(config.backlog)
+    host, port = sock.getsockname()[:2]
+    print(f"serving on http://{host}:{port}", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

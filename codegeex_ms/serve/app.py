@@ -1,0 +1,287 @@
+"""The Starlette application: OpenAI-style completions, code task endpoints, health, playground.
+
+Routes:
+
+* ``POST /v1/completions`` -- OpenAI's completions API (prompt, max_tokens, temperature, top_p,
+  top_k, n, stop, stream, seed); ``stream: true`` answers with server-sent events ending in
+  ``data: [DONE]``.
+* ``POST /v1/code/complete | /v1/code/translate | /v1/code/explain`` -- the three CodeGeeX tasks;
+  the same answer format.
+* ``GET /health``, ``GET /v1/models``, ``GET /v1/info`` (languages, defaults and limits).
+* ``GET /`` -- the playground (static files shipped in this package).
+
+Every error answers ``{"error": {"message", "type", "param", "code"}}``: 400 bad input, 404/405,
+413 body too large, 429 queue full, 503 shutting down, 500 generation failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from codegeex_ms.inference.prompts import (completion_prompt, explanation_prompt,
+                                           resolve_language, translation_prompt)
+from codegeex_ms.serve.schemas import (CodeCompleteBody, CodeExplainBody, CodeTranslateBody,
+                                       CompletionBody, GenerationOptions, Limits, RequestError,
+                                       generation_options, parse_body)
+from codegeex_ms.serve.worker import Job, ModelWorker, QueueFull, ShuttingDown
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass
+class ServeContext:
+    """What the handlers share: the worker (which owns the generator) and request policy."""
+
+    worker: ModelWorker
+    tokenizer: object            # encode_batch(list[str]) -> list[list[int]]
+    languages: object            # codegeex_ms.data.languages.Languages
+    defaults: object             # codegeex_ms.config.InferenceConfig
+    limits: Limits
+    model_name: str
+    stop_languages: frozenset = frozenset()   # display names that have an end-of-function rule
+    max_body_bytes: int = 256 * 1024
+
+
+def create_app(ctx: ServeContext) -> Starlette:
+    """The ASGI app; its lifespan starts the worker and, at shutdown, lets it finish its queue."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        ctx.worker.start()
+        yield
+        await run_in_threadpool(ctx.worker.close)
+
+    routes = [
+        Route("/health", partial(health, ctx), methods=["GET"]),
+        Route("/v1/models", partial(models, ctx), methods=["GET"]),
+        Route("/v1/info", partial(info, ctx), methods=["GET"]),
+        Route("/v1/completions", partial(completions, ctx), methods=["POST"]),
+        Route("/v1/code/complete", partial(code_complete, ctx), methods=["POST"]),
+        Route("/v1/code/translate", partial(code_translate, ctx), methods=["POST"]),
+        Route("/v1/code/explain", partial(code_explain, ctx), methods=["POST"]),
+        Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="playground"),
+    ]
+    handlers = {RequestError: request_error, HTTPException: http_error, Exception: server_error}
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+async def request_error(_request, exc: RequestError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status == 429 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def http_error(request, exc: HTTPException) -> JSONResponse:
+    messages = {404: f"no such endpoint or file: {request.method} {request.url.path}",
+                405: f"method {request.method} is not allowed on {request.url.path}"}
+    message = messages.get(exc.status_code, exc.detail)
+    return JSONResponse(RequestError(message, status=exc.status_code).body(),
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+async def server_error(_request, exc: Exception) -> JSONResponse:
+    err = RequestError(f"internal error: {type(exc).__name__}: {exc}", status=500, kind="server_error")
+    return JSONResponse(err.body(), status_code=500)
+
+
+# ---------------------------------------------------------------------------- informational
+
+
+async def health(ctx: ServeContext, _request) -> JSONResponse:
+    state = ctx.worker.snapshot()
+    return JSONResponse({"status": "draining" if state["draining"] else "ok", "model": ctx.model_name,
+                         "max_length": ctx.limits.max_length, "worker": state})
+
+
+async def models(ctx: ServeContext, _request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": [
+        {"id": ctx.model_name, "object": "model", "created": 0, "owned_by": "codegeex-ms"}]})
+
+
+async def info(ctx: ServeContext, _request) -> JSONResponse:
+    d, lim = ctx.defaults, ctx.limits
+    return JSONResponse({
+        "model": ctx.model_name, "max_length": lim.max_length,
+        "max_tokens": min(lim.max_new_tokens, lim.max_length - 1),
+        "max_request_rows": lim.max_request_rows,
+        "defaults": {"max_tokens": d.max_new_tokens, "temperature": d.temperature,
+                     "top_p": d.top_p, "top_k": d.top_k},
+        "languages": [{"name": name, "stop_rule": name in ctx.stop_languages}
+                      for name in ctx.languages.names]})
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes exceeds the {limit}-byte limit", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body exceeds the {limit}-byte limit", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _language(ctx: ServeContext, name: str, param: str) -> str:
+    try:
+        return resolve_language(ctx.languages, name)
+    except ValueError as e:
+        raise RequestError(f"{param}: {e}", param) from None
+
+
+async def completions(ctx: ServeContext, request: Request) -> Response:
+    body = parse_body(CompletionBody, await read_body(request, ctx.max_body_bytes))
+    opts = generation_options(body, ctx.defaults, ctx.limits, prompts=len(body.prompt))
+    return await generate(ctx, request, body.prompt, opts, None, "prompt")
+
+
+async def code_complete(ctx: ServeContext, request: Request) -> Response:
+    body = parse_body(CodeCompleteBody, await read_body(request, ctx.max_body_bytes))
+    opts = generation_options(body, ctx.defaults, ctx.limits)
+    language = _language(ctx, body.language, "language") if body.language else None
+    if body.language_stop and not language:
+        raise RequestError("language_stop: needs language (whose end-of-function rule to use)",
+                           "language_stop")
+    prompt = completion_prompt(body.code, language, ctx.languages)
+    return await generate(ctx, request, [prompt], opts, _stop_rule(ctx, body.language_stop, language), "code")
+
+
+async def code_translate(ctx: ServeContext, request: Request) -> Response:
+    body = parse_body(CodeTranslateBody, await read_body(request, ctx.max_body_bytes))
+    opts = generation_options(body, ctx.defaults, ctx.limits)
+    source = _language(ctx, body.source_language, "source_language")
+    target = _language(ctx, body.target_language, "target_language")
+    if body.language_stop and not body.target_prefix:
+        raise RequestError("language_stop: needs target_prefix (the rule ends the function that "
+                           "the prefix opens)", "language_stop")
+    prompt = translation_prompt(body.code, source, target, ctx.languages, body.target_prefix)
+    return await generate(ctx, request, [prompt], opts, _stop_rule(ctx, body.language_stop, target), "code")
+
+
+async def code_explain(ctx: ServeContext, request: Request) -> Response:
+    body = parse_body(CodeExplainBody, await read_body(request, ctx.max_body_bytes))
+    opts = generation_options(body, ctx.defaults, ctx.limits)
+    prompt = explanation_prompt(body.code, _language(ctx, body.language, "language"), ctx.languages)
+    return await generate(ctx, request, [prompt], opts, None, "code")
+
+
+def _stop_rule(ctx: ServeContext, wanted: bool, language):
+    if not wanted:
+        return None
+    if language not in ctx.stop_languages:
+        raise RequestError(f"language_stop: {language} has no end-of-function rule (those that do: "
+                           f"{', '.join(sorted(ctx.stop_languages))})", "language_stop")
+    return language
+
+
+async def generate(ctx: ServeContext, request: Request, prompts: list, opts: GenerationOptions,
+                   stop_rule, param: str) -> Response:
+    """Tokenize and check ``prompts``, queue the job, answer as JSON or as an event stream."""
+    token_lists = await run_in_threadpool(ctx.tokenizer.encode_batch, prompts)
+    room = ctx.limits.max_length - opts.max_tokens
+    for i, ids in enumerate(token_lists):
+        if len(ids) > room:
+            which = f"{param} {i}" if len(prompts) > 1 else param
+            raise RequestError(
+                f"{which}: {len(ids)} prompt tokens + max_tokens={opts.max_tokens} exceed the model's "
+                f"{ctx.limits.max_length} positions: at most {room} prompt tokens fit; shorten the "
+                f"{param} or lower max_tokens", param)
+    job = Job(rows=[ids for ids in token_lists for _ in range(opts.n)], max_tokens=opts.max_tokens,
+              sampling=opts.sampling, stop=opts.stop, stop_rule=stop_rule, seed=opts.seed,
+              stream=opts.stream)
+    try:
+        ctx.worker.submit(job)
+    except QueueFull as e:
+        raise RequestError(f"server is busy: {e}; retry later", status=429, kind="overloaded_error") from None
+    except ShuttingDown as e:
+        raise RequestError(str(e), status=503, kind="unavailable_error") from None
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": ctx.model_name}
+    prompt_tokens = sum(len(ids) for ids in token_lists)
+    if opts.stream:
+        return StreamingResponse(_events(ctx.worker, job, meta), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    event = await _outcome_or_disconnect(ctx.worker, job, request)
+    if event is None:   # the client left; nobody reads this answer
+        return Response(status_code=499)
+    if event[0] == "error":
+        raise RequestError(event[1], status=500, kind="server_error")
+    outs = event[1]
+    completion_tokens = sum(len(c.token_ids) for c in outs)
+    return JSONResponse({**meta, "choices": [_choice(i, c.text, c) for i, c in enumerate(outs)],
+                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                   "total_tokens": prompt_tokens + completion_tokens}})
+
+
+def _choice(index: int, text: str, completion=None) -> dict:
+    """One OpenAI choice; ``finish_reason`` is "length" or "stop" (EOS, stop string or rule)."""
+    reason = None
+    if completion is not None:
+        reason = "length" if completion.finish_reason == "length" else "stop"
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+
+
+def _sse(payload) -> str:
+    return f"data: {json.dumps(payload) if not isinstance(payload, str) else payload}\n\n"
+
+
+async def _events(worker: ModelWorker, job: Job, meta: dict):
+    """Server-sent events for a streamed job; if the client leaves, the job is cancelled."""
+    finished = False
+    try:
+        while True:
+            event = await job.events.get()
+            if event[0] == "text":
+                yield _sse({**meta, "choices": [_choice(event[1], event[2])]})
+            elif event[0] == "done":
+                for i, c in enumerate(event[1]):
+                    yield _sse({**meta, "choices": [_choice(i, "", c)]})
+                break
+            else:
+                yield _sse(RequestError(event[1], status=500, kind="server_error").body())
+                break
+        finished = True
+        yield _sse("[DONE]")
+    finally:
+        if not finished:
+            worker.cancel(job)
+
+
+async def _outcome_or_disconnect(worker: ModelWorker, job: Job, request: Request):
+    """The job's final event, or None (job cancelled) if the client disconnects first."""
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    outcome = asyncio.ensure_future(job.events.get())
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({outcome, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not outcome.done():
+            outcome.cancel()
+            worker.cancel(job)
+    return outcome.result() if outcome.done() and not outcome.cancelled() else None
