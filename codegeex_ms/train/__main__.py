@@ -38,7 +38,11 @@ def main(argv=None) -> int:
     from codegeex_ms.train.loop import run  # pylint: disable=import-outside-toplevel
 
     target = ms.get_context("device_target")
-    summary = run(cfg, resume=args.resume, device_target=target, progress=not args.no_progress)
+    try:
+        summary = run(cfg, resume=args.resume, device_target=target, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     last = summary["last_row"]
     if last is not None:
         print(f"trained steps {summary['start_step'] + 1}..{summary['end_step']}: loss "

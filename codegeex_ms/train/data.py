@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codegeex_ms.config import ConfigError
+
 
 def _num_samples(cfg) -> int:
     """Samples in the training data of ``cfg`` (one pass)."""
@@ -39,10 +41,10 @@ def _dataset(cfg, shard_id: int, num_shards: int, skip_samples: int, num_epochs:
 
 
 def check_data(cfg) -> None:
-    """Raise a clear error when ``data.train_path`` is unset or missing."""
+    """ConfigError when ``data.train_path`` is unset, FileNotFoundError when it is missing."""
     if not cfg.data.train_path:
-        raise ValueError("data.train_path is empty: set it to the preprocessed MindRecord directory "
-                         "(or a .jsonl with data.finetune=true), e.g. --set data.train_path=DIR")
+        raise ConfigError("data.train_path is empty: set it to the preprocessed MindRecord directory "
+                          "(or a .jsonl with data.finetune=true), e.g. --set data.train_path=DIR")
     if not Path(cfg.data.train_path).exists():
         raise FileNotFoundError(f"data.train_path {cfg.data.train_path} does not exist; run "
                                 "`python -m codegeex_ms.preprocess` first or fix the path.")
