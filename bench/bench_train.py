@@ -14,6 +14,7 @@ the variants, since the machine may be shared), printed beside it.
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("GLOG_v", "3")
 
 from codegeex_ms.config import add_config_args, config_from_args  # noqa: E402
 
