@@ -93,14 +93,15 @@ def plot_loss(rows: list, path) -> None:
 
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
+    loss_line, = ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     lr_ax = ax.twinx()
-    lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
+    lr_line, = lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6,
+                          label="learning rate")
     lr_ax.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    ax.legend(handles=[loss_line, lr_line], loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
