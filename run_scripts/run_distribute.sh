@@ -25,9 +25,11 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v=${GLOG_v:-3}
 LOG_DIR=${LOG_DIR:-log_distribute}
-mkdir -p "$LOG_DIR"
 mode=$1
 shift
+case "$mode" in
+  cpu|msrun|ranktable) mkdir -p "$LOG_DIR" ;;
+esac
 case "$mode" in
   cpu)
     [ $# -ge 2 ] || usage 1
