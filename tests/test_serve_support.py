@@ -94,10 +94,12 @@ def start_server(tmp_path_factory, *extra, overrides=()) -> ServerProcess:
     return ServerProcess(root / "tiny.ckpt", overrides, *extra, log_path=root / "server.log")
 
 
-def sse_events(response) -> list:
-    """Parsed ``data:`` payloads of a server-sent event stream, up to and without ``[DONE]``."""
+def sse_events(lines) -> list:
+    """Parsed ``data:`` payloads of a server-sent event stream (an iterator of its lines, e.g.
+    ``response.iter_lines()``, kept across calls: dropping one closes the response), up to and
+    without ``[DONE]``."""
     events = []
-    for line in response.iter_lines():
+    for line in lines:
         if not line.startswith("data: "):
             continue
         if line == "data: [DONE]":

@@ -9,7 +9,7 @@ Then open http://127.0.0.1:8000/ for the playground, or call the OpenAI-style AP
 
 One thread runs the model; up to --max-queue requests wait (more get HTTP 429) and compatible
 waiting requests are batched, up to --max-batch rows. SIGINT/SIGTERM stop accepting connections,
-finish the requests in flight, then exit. The line "serving on http://HOST:PORT" is printed once
+finish the requests in flight, then end the process with that signal. The line "serving on http://HOST:PORT" is printed once
 the port is open (with --port 0, the port the system picked).
 """
 

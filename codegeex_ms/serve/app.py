@@ -8,7 +8,7 @@ Routes:
 * ``POST /v1/code/complete | /v1/code/translate | /v1/code/explain`` -- the three CodeGeeX tasks;
   the same answer format.
 * ``GET /health``, ``GET /v1/models``, ``GET /v1/info`` (languages, defaults and limits).
-* ``GET /`` -- the playground (static files shipped in this package).
+* ``GET /`` -- the playground; ``GET /static/...`` its files (shipped in this package).
 
 Every error answers ``{"error": {"message", "type", "param", "code"}}``: 400 bad input, 404/405,
 413 body too large, 429 queue full, 503 shutting down, 500 generation failure.
@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -74,7 +74,8 @@ def create_app(ctx: ServeContext) -> Starlette:
         Route("/v1/code/complete", partial(code_complete, ctx), methods=["POST"]),
         Route("/v1/code/translate", partial(code_translate, ctx), methods=["POST"]),
         Route("/v1/code/explain", partial(code_explain, ctx), methods=["POST"]),
-        Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="playground"),
+        Route("/", playground, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     handlers = {RequestError: request_error, HTTPException: http_error, Exception: server_error}
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
@@ -102,6 +103,10 @@ async def server_error(_request, exc: Exception) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------------- informational
+
+
+async def playground(_request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html")
 
 
 async def health(ctx: ServeContext, _request) -> JSONResponse:
