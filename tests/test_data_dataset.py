@@ -184,3 +184,15 @@ def test_finetune_bad_records(tiny_tokenizer, tmp_path):
         create_finetune_dataset(path, tiny_tokenizer, 8, 1)
     with pytest.raises(FileNotFoundError, match="absent.jsonl"):
         create_finetune_dataset(tmp_path / "absent.jsonl", tiny_tokenizer, 8, 1)
+
+
+def test_several_epochs_on_one_rank_reshuffle_and_cover_each_epoch(stored):
+    """More reads than stored samples (3 epochs, 1 rank): each epoch is a new permutation."""
+    _, path = stored
+    tokens = first_tokens(create_pretrain_dataset(path, SEQ, 1, seed=2, eod_id=EOD, num_epochs=3))
+    epochs = [tokens[i * 23:(i + 1) * 23] for i in range(3)]
+    assert len(tokens) == 69 and all(sorted(e) == list(range(23)) for e in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    resumed = first_tokens(create_pretrain_dataset(path, SEQ, 1, seed=2, eod_id=EOD, num_epochs=3,
+                                                    skip_samples=30))
+    assert resumed == tokens[30:]

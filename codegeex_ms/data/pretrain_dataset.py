@@ -52,9 +52,16 @@ def create_pretrain_dataset(data_paths_or_dir, seq_length: int, batch_size: int,
     counts = check_shards(files, seq_length + 1, manifest, verify_checksums)
     order = sample_order(sum(counts), shuffle=shuffle, seed=seed, num_shards=num_shards,
                          shard_id=shard_id, num_epochs=num_epochs, skip_samples=skip_samples)
-    dataset = ds.MindDataset([str(f) for f in files], columns_list=[COLUMN],
-                             sampler=ds.SubsetSampler(order),
-                             num_parallel_workers=num_parallel_workers)
+    # SubsetSampler takes at most as many indices as the files hold: several epochs are read as
+    # consecutive datasets of at most that many indices each.
+    total = sum(counts)
+    parts = [ds.MindDataset([str(f) for f in files], columns_list=[COLUMN],
+                            sampler=ds.SubsetSampler(order[i:i + total]),
+                            num_parallel_workers=num_parallel_workers)
+             for i in range(0, len(order), total)]
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset + part
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(partial(pretrain_columns, eod_id=eod_id, eod_reset=eod_reset),
                           input_columns=[COLUMN], output_columns=list(COLUMNS),
