@@ -69,12 +69,15 @@ def test_full_queue_answers_429_and_leaving_clients_free_their_place(server):
 
             waiting.close()                               # a non-streamed client leaves the queue
             wait_for(client, "the queue to empty", lambda s: s["waiting"] == 0 and s["cancelled"] == 1)
+            with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as queued:
+                assert queued.status_code == 200          # a streamed one leaves before its first event
+            wait_for(client, "the queue to empty", lambda s: s["waiting"] == 0 and s["cancelled"] == 2)
             with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as second:
                 assert second.status_code == 200          # queued behind the first
                 first.close()                             # the first client leaves mid-stream ...
                 event = first_event(second.iter_lines())  # ... so the second one runs
                 assert event["choices"][0]["index"] == 0
-        state = wait_for(client, "both streams to be cancelled", lambda s: s["cancelled"] == 3)
+        state = wait_for(client, "both running streams to be cancelled", lambda s: s["cancelled"] == 4)
         # Both streams were cut short: together they made fewer tokens than one full request.
         assert state["completion_tokens"] < LONG["max_tokens"]
         assert (state["rejected"], state["running_rows"], state["failed"]) == (1, 0, 0)

@@ -1,4 +1,4 @@
-"""Serve a CodeGeeX checkpoint over HTTP.
+r"""Serve a CodeGeeX checkpoint over HTTP.
 
     python -m codegeex_ms.serve --config tiny --checkpoint model.ckpt --port 8000
 
@@ -9,8 +9,8 @@ Then open http://127.0.0.1:8000/ for the playground, or call the OpenAI-style AP
 
 One thread runs the model; up to --max-queue requests wait (more get HTTP 429) and compatible
 waiting requests are batched, up to --max-batch rows. SIGINT/SIGTERM stop accepting connections,
-finish the requests in flight, then end the process with that signal. The line "serving on http://HOST:PORT" is printed once
-the port is open (with --port 0, the port the system picked).
+finish the requests in flight, then end the process with that signal. "serving on
+http://HOST:PORT" is printed once the port is open (with --port 0: the port the system picked).
 """
 
 from __future__ import annotations

@@ -226,8 +226,7 @@ async def generate(ctx: ServeContext, request: Request, prompts: list, opts: Gen
             "created": int(time.time()), "model": ctx.model_name}
     prompt_tokens = sum(len(ids) for ids in token_lists)
     if opts.stream:
-        return StreamingResponse(_events(ctx.worker, job, meta), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JobEventStream(ctx.worker, job, _events(job, meta))
     event = await _outcome_or_disconnect(ctx.worker, job, request)
     if event is None:   # the client left; nobody reads this answer
         return Response(status_code=499)
@@ -252,26 +251,36 @@ def _sse(payload) -> str:
     return f"data: {json.dumps(payload) if not isinstance(payload, str) else payload}\n\n"
 
 
-async def _events(worker: ModelWorker, job: Job, meta: dict):
-    """Server-sent events for a streamed job; if the client leaves, the job is cancelled."""
-    finished = False
-    try:
-        while True:
-            event = await job.events.get()
-            if event[0] == "text":
-                yield _sse({**meta, "choices": [_choice(event[1], event[2])]})
-            elif event[0] == "done":
-                for i, c in enumerate(event[1]):
-                    yield _sse({**meta, "choices": [_choice(i, "", c)]})
-                break
-            else:
-                yield _sse(RequestError(event[1], status=500, kind="server_error").body())
-                break
-        finished = True
-        yield _sse("[DONE]")
-    finally:
-        if not finished:
-            worker.cancel(job)
+class JobEventStream(StreamingResponse):
+    """A server-sent event stream that cancels its job however the response ends: a client that
+    disconnects (even before the first event) frees its place in the queue or its batch rows."""
+
+    def __init__(self, worker: ModelWorker, job: Job, events):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.worker, self.job = worker, job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.worker.cancel(self.job)   # no effect once the job has finished
+
+
+async def _events(job: Job, meta: dict):
+    """The job's events as OpenAI completion chunks, a final chunk per choice, then ``[DONE]``."""
+    while True:
+        event = await job.events.get()
+        if event[0] == "text":
+            yield _sse({**meta, "choices": [_choice(event[1], event[2])]})
+        elif event[0] == "done":
+            for i, c in enumerate(event[1]):
+                yield _sse({**meta, "choices": [_choice(i, "", c)]})
+            break
+        else:
+            yield _sse(RequestError(event[1], status=500, kind="server_error").body())
+            break
+    yield _sse("[DONE]")
 
 
 async def _outcome_or_disconnect(worker: ModelWorker, job: Job, request: Request):
