@@ -5,8 +5,8 @@ with a tiny random-weight model (or ``--checkpoint``) and driven by a closed-loo
 generator: ``--concurrency`` clients each send one ``/v1/completions`` request, wait for the
 answer, and send the next, until ``--requests`` answers came back or ``--duration`` seconds
 passed. Every request has the same sampling options and max_tokens (so the server may batch
-them) and one of a few code prompts of different lengths. Before measuring, two rounds of
-``--concurrency`` requests compile the shapes the run will use.
+them) and one of a few code prompts of different lengths. Before measuring, bursts of 1, 2, 4, ...
+simultaneous requests (up to the batch and client limits) compile the batch shapes the run uses.
 
 Reported per run: requests/s, completion tokens/s, latency p50/p99 (seconds from sending to the
 full answer), failures (HTTP 429 or other) and the mean rows per model batch (from ``/health``).
@@ -111,8 +111,8 @@ class Server:
         self.log.close()
 
 
-async def load(url: str, args, total: int, deadline: float, progress=None) -> dict:
-    """Closed loop: ``args.concurrency`` clients send requests until ``total`` answers or ``deadline``."""
+async def load(url: str, args, concurrency: int, total: int, deadline: float, progress=None) -> dict:
+    """Closed loop: ``concurrency`` clients send requests until ``total`` answers or ``deadline``."""
     latencies, tokens, failures = [], 0, {}
     sent = 0
 
@@ -132,10 +132,10 @@ async def load(url: str, args, total: int, deadline: float, progress=None) -> di
             if progress is not None:
                 progress.update()
 
-    limits = httpx.Limits(max_connections=args.concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         start = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(args.concurrency)))
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     return {"latencies": latencies, "tokens": tokens, "failures": failures, "elapsed_s": elapsed}
 
@@ -143,11 +143,15 @@ async def load(url: str, args, total: int, deadline: float, progress=None) -> di
 def run(args, checkpoint: str, max_batch: int, folder: Path) -> dict:
     server = Server(args, checkpoint, max_batch, folder / f"server_b{max_batch}.log")
     try:
-        for _ in range(2):   # compile the shapes this load uses
-            asyncio.run(load(server.url, args, args.concurrency, float("inf")))
+        burst = 1
+        while burst <= min(max_batch, args.concurrency):   # compile the batch shapes of this load
+            for _ in range(2):
+                asyncio.run(load(server.url, args, burst, burst, float("inf")))
+            burst *= 2
         before = httpx.get(server.url + "/health").json()["worker"]
         with tqdm(total=args.requests, desc=f"max_batch={max_batch}", unit="req") as bar:
-            res = asyncio.run(load(server.url, args, args.requests, time.perf_counter() + args.duration, bar))
+            res = asyncio.run(load(server.url, args, args.concurrency, args.requests,
+                                   time.perf_counter() + args.duration, bar))
         after = httpx.get(server.url + "/health").json()["worker"]
     finally:
         server.stop()
