@@ -333,3 +333,11 @@ def test_cpu_library_is_cached_by_source_hash(monkeypatch, tmp_path):
     assert kernel_build.build_cpu("fast_gelu") == first and first.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="unknown kernel"):
         kernel_build.locate("layer_norm", "CPU")
+
+
+@pytest.fixture(autouse=True)
+def _pynative_mode():
+    """These tests differentiate Python lambdas, which only PyNative accepts: do not inherit the
+    graph mode an earlier test module may have set."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
