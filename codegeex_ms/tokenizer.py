@@ -105,6 +105,7 @@ class CodeGeeXTokenizer:
         self.eod_id = int(eod_id)
         self.source = source
         self._literal = None  # copy that encodes <|endoftext|> in text as plain text, built lazily
+        self._vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)  # O(V) to ask: ask once
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike | None = None) -> "CodeGeeXTokenizer":
@@ -135,7 +136,7 @@ class CodeGeeXTokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of real token ids (BPE vocabulary + added tokens)."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     @property
     def backend(self) -> Tokenizer:

@@ -189,3 +189,12 @@ def test_cli_generates_and_rejects_bad_input(tiny_checkpoint, tmp_path):
     assert bad.returncode != 0 and "vocab.json" in bad.stderr
     bad = cli("--config", "tiny", "--checkpoint", str(tiny_checkpoint), "--prompt", "x")
     assert bad.returncode != 0 and "layers.1" in bad.stderr   # checkpoint has 1 layer, config 2
+
+
+def test_streaming_holds_back_stop_prefixes_and_split_characters():
+    from codegeex_ms.inference.generator import _stable_length
+    assert _stable_length("abc def", 0) == 7
+    assert _stable_length("abc def", 3) == 4               # may start a 3-char stop string
+    assert _stable_length("naïve \ufffd", 0) == 6         # the rest of a UTF-8 character is coming
+    assert _stable_length("\ufffd\ufffd", 0) == 0
+    assert _stable_length("ab", 5) == 0

@@ -49,6 +49,16 @@ class Timing:
     compiles: list = field(default_factory=list)
 
 
+def _stable_length(text: str, holdback: int) -> int:
+    """How much of a growing completion can be streamed: not the last ``holdback`` characters
+    (they may begin a stop string) nor a trailing U+FFFD (a multi-byte character whose remaining
+    bytes are in the next token)."""
+    end = len(text) - holdback
+    while end > 0 and text[end - 1] == "\ufffd":
+        end -= 1
+    return max(end, 0)
+
+
 def bucket(n: int, limit: int, smallest: int = 16) -> int:
     """Smallest power of two >= max(n, smallest), capped at ``limit``."""
     b = smallest
@@ -206,7 +216,8 @@ class Generator:
                     if finish[r] is None and should_stop is not None:
                         finish[r] = should_stop(r)
                 if on_text is not None:
-                    safe = len(texts[r]) if finish[r] else max(emitted[r], len(texts[r]) - holdback)
+                    safe = len(texts[r]) if finish[r] else _stable_length(texts[r], holdback)
+                    safe = max(safe, emitted[r])
                     if safe > emitted[r]:
                         on_text(r, texts[r][emitted[r]:safe])
                         emitted[r] = safe
