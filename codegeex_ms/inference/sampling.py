@@ -49,15 +49,27 @@ def filtered_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     probs = np.exp(x - x.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     if params.top_p < 1.0:
-        order = np.argsort(-probs, axis=-1, kind="stable")
-        sorted_p = np.take_along_axis(probs, order, axis=-1)
-        # keep the smallest prefix whose mass reaches top_p (the token crossing it is kept)
-        drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= params.top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        probs = np.where(drop, 0.0, probs)
+        keep = np.zeros(probs.shape, dtype=bool)
+        for r in range(probs.shape[0]):
+            keep[r, _nucleus(probs[r], params.top_p)] = True
+        probs = np.where(keep, probs, 0.0)
         probs /= probs.sum(axis=-1, keepdims=True)
     return probs
+
+
+def _nucleus(p: np.ndarray, top_p: float, head: int = 256) -> np.ndarray:
+    """Indices of the smallest set of most likely tokens whose mass reaches ``top_p`` (the token
+    crossing it included). Sorts only the ``head`` most likely tokens when they already hold
+    ``top_p`` of the mass (the usual case), the whole row otherwise."""
+    if p.size > head:
+        cand = np.argpartition(-p, head - 1)[:head]
+        if p[cand].sum() < top_p:
+            cand = np.arange(p.size)
+    else:
+        cand = np.arange(p.size)
+    order = cand[np.argsort(-p[cand], kind="stable")]
+    mass_before = np.cumsum(p[order]) - p[order]
+    return order[mass_before < top_p]
 
 
 def next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
