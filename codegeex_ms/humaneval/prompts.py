@@ -4,25 +4,23 @@ Each sample has two texts: the *model input* fed to the decoder, and the *code p
 source code the completion continues (the program is code prefix + completion + tests).
 """
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..paths import require_file, shared_data_dir
+from ..data.languages import Languages
+from ..inference.prompts import resolve_language, translation_prompt
 from .languages import get_language
 
 
 @lru_cache(maxsize=1)
-def language_tags() -> dict:
-    """The pre-training language tag lines (``{"python": "# language: Python", ...}``)."""
-    path = require_file(shared_data_dir() / "language_tags.json", "language tag table")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def _languages() -> Languages:
+    return Languages.load()
 
 
 def language_tag(language: str) -> str:
     """Tag line of a HumanEval-X language, e.g. ``// language: C++``."""
-    return language_tags()[get_language(language).key]
+    languages = _languages()
+    return languages.tag(resolve_language(languages, get_language(language).display))
 
 
 @dataclass(frozen=True)
@@ -85,10 +83,10 @@ def translation_input(src_problem: dict, src_language: str, tgt_problem: dict,
 
     ``"code translation\\n{Src}:\\n{src declaration}{src solution, right-stripped}\\n{Tgt}:\\n{tgt declaration}"``.
     """
-    src, tgt = get_language(src_language), get_language(tgt_language)
-    return (f"code translation\n{src.display}:\n{src_problem['declaration']}"
-            f"{src_problem['canonical_solution'].rstrip()}\n{tgt.display}:\n"
-            f"{tgt_problem['declaration']}")
+    source = src_problem["declaration"] + src_problem["canonical_solution"]
+    return translation_prompt(source, get_language(src_language).display,
+                              get_language(tgt_language).display, _languages(),
+                              tgt_problem["declaration"])
 
 
 def model_input(track: Track, problem: dict, source_problem: dict = None) -> str:
