@@ -33,3 +33,13 @@ class CheckpointReader(Protocol):
     def read(self, name: str) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+class ClosingContext:
+    """``with reader:`` closes the reader at the end; subclasses define ``close()``."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

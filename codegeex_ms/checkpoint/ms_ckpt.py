@@ -19,7 +19,7 @@ import numpy as np
 
 from . import dtypes
 from ._fileio import byte_view, read_into
-from .base import TensorInfo
+from .base import ClosingContext, TensorInfo
 from .errors import CheckpointFormatError
 
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -34,7 +34,7 @@ class _Entry:
     segments: List[Tuple[int, int]] = field(default_factory=list)  # (offset, length) in the file
 
 
-class CkptReader:
+class CkptReader(ClosingContext):
     """Index of a MindSpore ``.ckpt``; ``read(name)`` loads one tensor.
 
     String entries (``tensor_type == "str"``, e.g. from ``append_dict``) go to ``metadata``.
@@ -72,12 +72,6 @@ class CkptReader:
     def close(self) -> None:
         """Release the file."""
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _index(self) -> Dict[str, _Entry]:
         size = os.fstat(self._file.fileno()).st_size

@@ -17,14 +17,14 @@ import numpy as np
 
 from . import dtypes
 from ._fileio import byte_view, read_into
-from .base import TensorInfo
+from .base import ClosingContext, TensorInfo
 from .errors import CheckpointFormatError
 
 _MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
 _METADATA = "__metadata__"
 
 
-class SafetensorsReader:
+class SafetensorsReader(ClosingContext):
     """Index of a safetensors file; ``read(name)`` loads one tensor (BF16 included)."""
 
     def __init__(self, path):
@@ -47,12 +47,6 @@ class SafetensorsReader:
     def close(self) -> None:
         """Release the file."""
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _parse_header(self) -> None:
         size = os.fstat(self._file.fileno()).st_size

@@ -7,7 +7,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from .base import CheckpointReader, TensorInfo
+from .base import CheckpointReader, ClosingContext, TensorInfo
 from .errors import CheckpointFormatError
 from .ms17 import OPTIMIZER_PREFIXES, map_ms17_names
 from .ms_ckpt import CkptReader
@@ -42,7 +42,7 @@ def open_checkpoint(path) -> CheckpointReader:
     return _READERS[detect_format(path)](path)
 
 
-class ModelWeights:
+class ModelWeights(ClosingContext):
     """A checkpoint's tensors under the model's parameter names (see ``layout``), one at a time.
 
     Release ``.pt`` names lose their ``module.`` prefix; MindSpore 1.7 names (auto-detected from a
@@ -78,12 +78,6 @@ class ModelWeights:
     def close(self) -> None:
         """Release the file."""
         self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def open_weights(path, from_ms17: Optional[bool] = None) -> ModelWeights:

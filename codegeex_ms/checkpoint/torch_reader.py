@@ -18,7 +18,7 @@ import numpy as np
 
 from . import dtypes
 from ._fileio import byte_view, read_into
-from .base import TensorInfo
+from .base import ClosingContext, TensorInfo
 from .errors import CheckpointFormatError, UnsafePickleError
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
@@ -90,7 +90,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise CheckpointFormatError(f"{self._path}: unsupported persistent id {pid!r} in data.pkl")
 
 
-class TorchZipReader:
+class TorchZipReader(ClosingContext):
     """Tensors of a ``torch.save`` zip file, nested dicts flattened to dotted names.
 
     ``infos``: name -> TensorInfo in pickle order; ``metadata``: non-tensor leaves as strings;
@@ -144,12 +144,6 @@ class TorchZipReader:
         """Release the file."""
         self._zip.close()
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _member(self, name: str, what: str) -> zipfile.ZipInfo:
         try:
