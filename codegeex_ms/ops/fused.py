@@ -9,6 +9,11 @@ should be used:
   with a one-line notice (logged once per kernel and reason);
 - ``"on"``: the kernel, or ``RuntimeError`` saying why it is unavailable.
 
+On Ascend the kernels exist only for the SoCs in ``kernel_build.ascend_socs()`` (910B, 910C);
+on any other SoC (e.g. the Ascend 910 / 910A of the paper) MindSpore would fail at graph compile
+looking for the operator, so the SoC (``soc.ascend_soc_version()``) is checked first: ``auto``
+falls back with the notice, ``on`` names the SoC and the supported ones.
+
 Primitives must be created in a Cell's ``__init__`` (graph mode cannot create them in
 ``construct``).
 """
@@ -19,7 +24,7 @@ from typing import NamedTuple, Optional
 import mindspore as ms
 from mindspore import ops
 
-from codegeex_ms.ops import kernel_build
+from codegeex_ms.ops import kernel_build, soc
 
 MODES = ("auto", "on", "off")
 FLOAT_TYPES = (ms.float16, ms.float32)
@@ -68,12 +73,30 @@ def _func_names(kernel: str, target: str) -> tuple:
     return tuple(f"{location}:{symbol}" for symbol in CPU_GPU_SYMBOLS[kernel])
 
 
+def _device_target() -> str:
+    return ms.get_context("device_target")
+
+
+def check_ascend_soc() -> str:
+    """This device's SoC family if the Ascend C kernels support it, else ``KernelUnavailable``
+    naming it and the supported SoCs."""
+    supported = kernel_build.ascend_socs()
+    found = soc.ascend_soc_version()
+    if found not in supported:
+        names = ", ".join(soc.describe(s) for s in supported) or "none (see $CODEGEEX_ASCEND_SOC)"
+        raise kernel_build.KernelUnavailable(f"this device's SoC is {soc.describe(found)}; the Ascend C "
+                                             f"kernels support {names}")
+    return found
+
+
 def _resolve(kernel: str, mode: str) -> Optional[tuple]:
     """``func`` strings per ``mode``, or None for the built-in operators."""
     if check_mode(mode) == "off":
         return None
-    target = ms.get_context("device_target")
+    target = _device_target()
     try:
+        if target == "Ascend":
+            check_ascend_soc()
         return _func_names(kernel, target)
     except kernel_build.KernelUnavailable as err:
         reason = str(err).splitlines()[0]
@@ -137,9 +160,9 @@ def _softmax_shape(scores_shape, mask_shape, scale_shape):
 def _softmax_dtype(scores_dtype, mask_dtype, scale_dtype):
     if _elem(scores_dtype) not in FLOAT_TYPES:
         raise TypeError(f"fused masked softmax supports float16/float32 scores, got {scores_dtype}")
-    allowed = MASK_TYPES[ms.get_context("device_target")]
+    allowed = MASK_TYPES[_device_target()]
     if _elem(mask_dtype) not in allowed:
-        raise TypeError(f"fused masked softmax on {ms.get_context('device_target')} takes {allowed} masks, "
+        raise TypeError(f"fused masked softmax on {_device_target()} takes {allowed} masks, "
                         f"got {mask_dtype}; cast the mask first")
     if _elem(scale_dtype) != ms.float32:
         raise TypeError(f"scale must be float32, got {scale_dtype}")

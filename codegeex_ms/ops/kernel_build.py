@@ -229,9 +229,23 @@ def _ascend_compiler() -> Path:
     return script
 
 
+ASCEND_KERNEL_SOCS = ("ascend910b", "ascend910_93")
+"""SoCs the Ascend C kernels are written for: Atlas A2 (910B) and A3 (910C). Their GM <-> UB copies
+use ``DataCopyPad``, which Ascend 910 (910A, ``ascend910``) does not have, so the operator
+definitions register only these (``AddConfig``) and ``fused.py`` falls back to the built-in
+operators on any other SoC."""
+
+
 def ascend_soc() -> str:
-    """SoC list for the package: $CODEGEEX_ASCEND_SOC or Atlas A2 + A3 (the 910B / 910C)."""
-    return os.environ.get("CODEGEEX_ASCEND_SOC", "ascend910b;ascend910_93")
+    """SoC list for the package: $CODEGEEX_ASCEND_SOC or ``ASCEND_KERNEL_SOCS`` (``;``-separated)."""
+    return os.environ.get("CODEGEEX_ASCEND_SOC", ";".join(ASCEND_KERNEL_SOCS))
+
+
+def ascend_socs() -> tuple:
+    """The SoCs the package is built for and whose kernels can therefore run: ``ascend_soc()``
+    restricted to ``ASCEND_KERNEL_SOCS`` (the operator definitions register no others)."""
+    wanted = [s.strip() for s in ascend_soc().split(";") if s.strip()]
+    return tuple(s for s in wanted if s in ASCEND_KERNEL_SOCS)
 
 
 def _cann_home() -> Path:
