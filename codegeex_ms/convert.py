@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Optional
 
+import numpy as np
+
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError
@@ -59,6 +61,37 @@ def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype
 
         write_checkpoint(output_path, infos, tensors(), fmt, metadata, progress)
     return sizes
+
+
+def verify_conversion(input_path, output_path, from_ms17: Optional[bool] = None) -> dict:
+    """Check, one tensor at a time, that ``output_path`` holds exactly the tensors of ``input_path``.
+
+    Both files are read under the model's names; every tensor must have the same shape and its
+    bytes must equal the input's after casting to the output's dtype (so a straight conversion
+    is compared bit for bit). Returns ``{"tensors": n, "bytes": output tensor bytes}``; raises
+    ValueError naming the first tensor that differs, or every missing/unexpected name.
+    """
+    with open_weights(input_path, from_ms17) as src, open_weights(output_path) as dst:
+        check_layout({n: i.shape for n, i in dst.infos.items()}, {n: i.shape for n, i in src.infos.items()},
+                     what=f"{output_path} (against {input_path})")
+        count, nbytes = 0, 0
+        for name, info in dst.infos.items():
+            expected = src.read(name).astype(dtypes.np_dtype(info.dtype), copy=False)
+            got = dst.read(name)
+            if got.dtype != expected.dtype or not _same_bytes(got, expected):
+                raise ValueError(f"{output_path}: tensor '{name}' differs from {input_path}; "
+                                 f"the conversion is wrong or one file is damaged.")
+            count, nbytes = count + 1, nbytes + got.nbytes
+            del expected, got
+    return {"tensors": count, "bytes": nbytes}
+
+
+def _same_bytes(a, b, chunk: int = 1 << 24) -> bool:
+    """Whether C-contiguous arrays ``a`` and ``b`` hold the same bytes (compared ``chunk`` at a time,
+    so no full-size temporary is made)."""
+    x, y = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    return x.size == y.size and all(np.array_equal(x[i:i + chunk], y[i:i + chunk])
+                                    for i in range(0, x.size, chunk))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""The synthetic release and the streaming 13B pipeline at a small size: write -> torch.load(mmap)
+-> convert -> verify bit for bit -> quantize (the same functions ``bench/bench_13b_cpu.py`` runs
+on the 26 GB file)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from codegeex_ms.checkpoint import open_weights, write_checkpoint
+from codegeex_ms.checkpoint.layout import CODEGEEX_13B, num_parameters, release_key_path, release_layout
+from codegeex_ms.checkpoint.synthetic import synthetic_tensor, write_synthetic_release
+from codegeex_ms.convert import convert_checkpoint, verify_conversion
+
+SMALL = replace(CODEGEEX_13B, vocab_size=300, hidden_size=64, ffn_hidden_size=256, num_layers=2,
+                max_position_embeddings=40, num_attention_heads=2)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic") / "release.pt"
+    assert write_synthetic_release(path, SMALL, seed=7) == num_parameters(release_layout(SMALL))
+    return path
+
+
+def test_13b_layout_has_the_release_parameter_count():
+    assert num_parameters(release_layout(CODEGEEX_13B)) == 12_873_943_040
+
+
+def test_torch_load_mmap_reads_the_seeds_values(release):
+    torch = pytest.importorskip("torch", reason="torch (a test dependency) is needed to check torch.load")
+    state = torch.load(release, mmap=True, weights_only=True)
+    assert list(state) == ["module"]
+    layout = release_layout(SMALL)
+    for index, (name, shape) in enumerate(layout.items()):
+        node = state
+        for key in release_key_path(name):
+            node = node[key]
+        assert node.dtype == torch.float16 and tuple(node.shape) == shape, name
+        got = node.numpy()
+        assert got.tobytes() == synthetic_tensor(7, index, shape).tobytes(), name
+
+
+def test_values_are_finite_in_range_and_seeded(tmp_path, release):
+    a = synthetic_tensor(7, 3, (50, 64))
+    # exponent bits forced to 01xxx: every magnitude in [2^-7, 2), so quantizable and never zero
+    mags = np.abs(a.astype(np.float32))
+    assert mags.min() >= 2.0 ** -7 and mags.max() < 2.0
+    assert (a < 0).mean() == pytest.approx(0.5, abs=0.05)  # sign bit is a fair coin
+    assert len(np.unique(a)) > 1000  # random mantissas, not a constant pattern
+    assert synthetic_tensor(8, 3, (50, 64)).tobytes() != a.tobytes()
+    assert synthetic_tensor(7, 4, (50, 64)).tobytes() != a.tobytes()
+    # the file itself is deterministic for the seed
+    again = tmp_path / "again.pt"
+    write_synthetic_release(again, SMALL, seed=7)
+    assert again.read_bytes() == release.read_bytes()
+
+
+def test_convert_is_verified_bit_for_bit_and_damage_is_caught(tmp_path, release):
+    out = tmp_path / "fp16.safetensors"
+    convert_checkpoint(release, out)
+    report = verify_conversion(release, out)
+    assert report["tensors"] == len(release_layout(SMALL))
+    assert report["bytes"] == 2 * num_parameters(release_layout(SMALL))
+    # a well-formed file whose last tensor differs from the release in one bit
+    bad = tmp_path / "bad.safetensors"
+    with open_weights(out) as good:
+        infos = dict(good.infos)
+
+        def tensors():
+            for name in infos:
+                array = good.read(name)
+                if name.endswith("final_layernorm.bias"):
+                    array.view(np.uint16)[-1] ^= 1
+                yield name, array
+
+        write_checkpoint(bad, infos, tensors())
+    with pytest.raises(ValueError, match="final_layernorm.bias' differs"):
+        verify_conversion(release, bad)
+
+
+def test_quantized_release_dequantizes_within_half_a_step(tmp_path, release):
+    from codegeex_ms.quantize import quantize_checkpoint  # pylint: disable=import-outside-toplevel
+    fp16 = tmp_path / "fp16.safetensors"
+    int8 = tmp_path / "int8.safetensors"
+    convert_checkpoint(release, fp16)
+    quantize_checkpoint(fp16, int8)
+    name = "language_model.transformer.layers.1.mlp.dense_4h_to_h.weight"
+    with open_weights(release) as src, open_weights(int8) as q:
+        w = src.read(name).astype(np.float64)
+        codes, scale = q.read(name), q.read(name + "_scale")
+        assert codes.dtype == np.int8 and scale.dtype == np.float32
+        # symmetric per-row INT8: scale = absmax/127 and |w - code*scale| <= scale/2 (+ FP32 rounding)
+        np.testing.assert_allclose(scale, np.abs(w).max(axis=1) / 127, rtol=1e-6)
+        err = np.abs(w - codes.astype(np.float64) * scale[:, None])
+        assert (err <= scale[:, None] * (0.5 + 1e-5)).all()
+        bias = "language_model.transformer.layers.1.mlp.dense_4h_to_h.bias"
+        assert q.read(bias).tobytes() == src.read(bias).tobytes()
