@@ -1,8 +1,11 @@
-"""Training checkpoints (atomic save, keep-last-K, truncation/corruption detection), the resumable
+"""Training checkpoints (atomic save with a checksum manifest, rotation over verified checkpoints,
+quarantine of damaged ones, kills and full disks at every point of a save), the resumable
 micro-batch stream, the training log and the FLOPs/MFU arithmetic."""
 
+import errno
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,10 @@ from mindspore import Parameter, Tensor, nn
 from codegeex_ms.config import CONFIG_DIR, load_config
 from codegeex_ms.data.sampling import sample_order
 from codegeex_ms.train import metrics
-from codegeex_ms.train.checkpoint import CheckpointManager, InvalidCheckpoint, read_checkpoint, restore
+from codegeex_ms.checkpoint import atomic
+from codegeex_ms.checkpoint.atomic import manifest_path
+from codegeex_ms.train import checkpoint as train_checkpoint
+from codegeex_ms.train.checkpoint import CheckpointManager, StateMismatch, read_checkpoint, restore
 from codegeex_ms.train.data import micro_batches
 
 
@@ -31,10 +37,22 @@ def saved(tmp_path, steps, keep=3):
     return manager
 
 
+def verified(directory, keep=3):
+    """Steps that verify, as a fresh process would find them (quarantining the damaged)."""
+    return CheckpointManager(directory, keep).verified_steps()
+
+
+def w_of(manager, step):
+    state = State()
+    restore(state, manager.load(step, state)[0])
+    return float(state.w.asnumpy()[0, 0])
+
+
 def test_keeps_last_k_and_round_trips(tmp_path):
     manager = saved(tmp_path, [2, 4, 6, 8])
     assert manager.steps() == [8, 6, 4]
-    assert not [p for p in manager.directory.iterdir() if p.name.startswith(".")]
+    names = sorted(p.name for p in manager.directory.iterdir())
+    assert names == [f"step_0000000{s}.ckpt{m}" for s in (4, 6, 8) for m in ("", ".manifest.json")]
     step, params, meta = manager.newest_valid(State())
     assert step == 8 and meta == {"step": 8, "consumed_micro_batches": 16}
     state = State()
@@ -42,31 +60,77 @@ def test_keeps_last_k_and_round_trips(tmp_path):
     assert (state.w.asnumpy() == 8.0).all() and state.count.asnumpy() == 3
 
 
-@pytest.mark.parametrize("damage", ["truncate_half", "cut_crc_trailer", "flip_byte", "empty"])
-def test_damaged_newest_is_skipped_with_warning(tmp_path, caplog, damage):
-    manager = saved(tmp_path, [2, 4, 6])
-    path = manager.path(6)
+def damage(path, how):
+    """Damage checkpoint ``path`` the way disks and people do."""
     os.chmod(path, 0o600)
     data = path.read_bytes()
-    if damage == "truncate_half":
+    if how == "deleted":
+        path.unlink()
+        return
+    if how == "manifest_deleted":
+        manifest_path(path).unlink()
+        return
+    if how == "truncate_half":
         data = data[:len(data) // 2]
-    elif damage == "cut_crc_trailer":  # parses as a valid protobuf: only the trailer check catches it
+    elif how == "cut_crc_trailer":  # still parses as a valid protobuf
         data = data[:-17]
-    elif damage == "flip_byte":
-        data = data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
-    else:
+    elif how == "empty":
         data = b""
+    elif how == "appended":
+        data += b"\0"
+    else:  # flip one bit at a seeded position in each third of the file (header, tensors, trailer)
+        rng = np.random.default_rng(int(how.split("_")[1]))
+        data = bytearray(data)
+        for third in range(3):
+            pos = int(rng.integers(third * len(data) // 3, (third + 1) * len(data) // 3))
+            data[pos] ^= 1 << int(rng.integers(0, 8))
+        data = bytes(data)
     path.write_bytes(data)
+
+
+REASONS = {"truncate_half": "truncated", "cut_crc_trailer": "truncated", "empty": "truncated",
+           "appended": "size", "flip_0": "checksum", "flip_1": "checksum", "flip_2": "checksum",
+           "deleted": "missing", "manifest_deleted": "no-manifest"}
+
+
+@pytest.mark.parametrize("how", sorted(REASONS))
+def test_damaged_newest_is_quarantined_and_reported(tmp_path, caplog, how):
+    manager = saved(tmp_path, [2, 4, 6])
+    path = manager.path(6)
+    damage(path, how)
+    manager = CheckpointManager(manager.directory, 3)  # a new process
     with caplog.at_level(logging.WARNING, logger="codegeex_ms.train"):
         step, params, _ = manager.newest_valid(State())
     assert step == 4
-    assert "step_00000006.ckpt" in caplog.text
+    quarantined = f"step_00000006.ckpt.corrupt-{REASONS[how]}"
+    assert f"damaged checkpoint: {path}: " in caplog.text and quarantined in caplog.text
+    assert manager.steps() == [4, 2]  # the damaged file no longer has a checkpoint's name
+    left = {p.name for p in manager.directory.iterdir()}
+    assert (quarantined in left) == (how != "deleted")
+    assert (quarantined + ".manifest.json" in left) == (how != "manifest_deleted")
     state = State()
     restore(state, params)
     assert (state.w.asnumpy() == 4.0).all()
 
 
-def test_checkpoint_of_another_state_is_rejected(tmp_path):
+def test_rotation_counts_only_verified_checkpoints(tmp_path):
+    manager = saved(tmp_path, [2, 4, 6])
+    damage(manager.path(6), "flip_0")
+    damage(manager.path(4), "truncate_half")
+    manager = CheckpointManager(manager.directory, 3)
+    manager.save(State(8.0), 8, {"step": 8})
+    # 2 is the oldest but verified: it stays while only two verified checkpoints exist
+    assert manager.steps() == [8, 2] and verified(manager.directory) == [8, 2]
+    manager.save(State(10.0), 10, {"step": 10})
+    manager.save(State(12.0), 12, {"step": 12})
+    assert manager.steps() == [12, 10, 8]
+    assert [w_of(manager, s) for s in (12, 10, 8)] == [12.0, 10.0, 8.0]
+    assert sorted(p.name for p in manager.directory.glob("*.corrupt-*")) == [
+        "step_00000004.ckpt.corrupt-truncated", "step_00000004.ckpt.corrupt-truncated.manifest.json",
+        "step_00000006.ckpt.corrupt-checksum", "step_00000006.ckpt.corrupt-checksum.manifest.json"]
+
+
+def test_checkpoint_of_another_state_is_refused_not_quarantined(tmp_path):
     manager = saved(tmp_path, [1])
 
     class Other(State):
@@ -74,9 +138,11 @@ def test_checkpoint_of_another_state_is_rejected(tmp_path):
             super().__init__()
             self.extra = Parameter(Tensor(np.zeros(2, np.float32)), name="extra")
 
-    with pytest.raises(InvalidCheckpoint, match="extra"):
-        read_checkpoint(manager.path(1), [n for n in ("w", "count", "extra")])
-    assert manager.newest_valid(Other()) is None
+    with pytest.raises(StateMismatch, match="extra"):
+        read_checkpoint(manager.path(1), ["w", "count", "extra"])
+    with pytest.raises(StateMismatch, match="a different model or recipe"):
+        manager.newest_valid(Other())
+    assert verified(manager.directory) == [1]  # intact, so kept
 
 
 def test_leftover_temporary_file_is_ignored_and_removed(tmp_path):
@@ -86,6 +152,92 @@ def test_leftover_temporary_file_is_ignored_and_removed(tmp_path):
     assert manager.steps() == [2]
     CheckpointManager(manager.directory, 3)
     assert not stale.exists()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so no handler of the code under test catches it."""
+
+
+def _partial_save(*args, **kwargs):
+    with open(args[1], "wb") as f:  # half a file, as a process killed mid-write leaves it
+        f.write(b"\x0a\x05partial")
+    raise Killed()
+
+
+# Every primitive of the save sequence: serialization, fsyncs, the hash, unlinks (old manifest,
+# rotation) and renames (data, manifest). Each call of each is a point where a kill can land.
+PRIMITIVES = [(os, "fsync"), (os, "replace"), (atomic, "file_digest"), (Path, "unlink")]
+
+
+def _count_calls(monkeypatch, tmp_path):
+    manager = saved(tmp_path / "count", [2, 4, 6])
+    counts = {}
+    for owner, name in PRIMITIVES:
+        real = getattr(owner, name)
+
+        def counting(*a, _real=real, _name=name, **k):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _real(*a, **k)
+        monkeypatch.setattr(owner, name, counting)
+    manager.save(State(8.0), 8, {"step": 8})
+    monkeypatch.undo()
+    return counts
+
+
+def test_kill_at_every_point_of_the_save_sequence_loses_nothing(tmp_path, monkeypatch):
+    counts = _count_calls(monkeypatch, tmp_path)
+    assert counts["replace"] >= 2 and counts["fsync"] >= 3 and counts["unlink"] >= 3, counts
+    points = [("save_checkpoint", 0)] + [(n, k) for _, n in PRIMITIVES for k in range(counts[n])]
+    outcomes = set()
+    for i, (name, k) in enumerate(points):
+        manager = saved(tmp_path / f"p{i}", [2, 4, 6])
+        calls = [0]
+        if name == "save_checkpoint":
+            monkeypatch.setattr(train_checkpoint.ms, "save_checkpoint", _partial_save)
+        else:
+            owner = next(o for o, n in PRIMITIVES if n == name)
+            real = getattr(owner, name)
+
+            def dying(*a, _real=real, **kw):
+                calls[0] += 1
+                if calls[0] == k + 1:
+                    raise Killed()
+                return _real(*a, **kw)
+            monkeypatch.setattr(owner, name, dying)
+        with pytest.raises(Killed):
+            manager.save(State(8.0), 8, {"step": 8})
+        monkeypatch.undo()
+        # the restarted process: nothing unverified under a checkpoint's name, nothing lost
+        after = verified(manager.directory)
+        assert after in ([8, 6, 4], [8, 6, 4, 2], [6, 4, 2]), (name, k, after)
+        restarted = CheckpointManager(manager.directory, 3)
+        assert restarted.steps() == after
+        assert not [p for p in manager.directory.iterdir() if p.name.startswith(".")]
+        step = restarted.newest_valid(State())[0]
+        assert step == after[0] and w_of(restarted, step) == float(step)
+        outcomes.add(tuple(after))
+    assert {(6, 4, 2), (8, 6, 4)} <= outcomes  # kills both before and after the new one counts
+
+
+@pytest.mark.parametrize("where", ["data", "manifest"])
+def test_full_disk_leaves_the_previous_checkpoints(tmp_path, monkeypatch, where):
+    manager = saved(tmp_path, [2, 4, 6])
+
+    def no_space(*args, **kwargs):
+        if where == "data":
+            with open(args[1], "wb") as f:
+                f.write(b"\x0a\x05partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if where == "data":
+        monkeypatch.setattr(train_checkpoint.ms, "save_checkpoint", no_space)
+    else:
+        monkeypatch.setattr(atomic, "write_manifest", no_space)
+    with pytest.raises(OSError, match="No space"):
+        manager.save(State(8.0), 8, {"step": 8})
+    monkeypatch.undo()
+    assert sorted(p.name for p in manager.directory.iterdir()) == sorted(
+        f"step_0000000{s}.ckpt{m}" for s in (2, 4, 6) for m in ("", ".manifest.json"))
+    assert verified(manager.directory) == [6, 4, 2]
 
 
 def write_shards(directory, seq, n, eod):

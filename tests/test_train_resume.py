@@ -12,14 +12,18 @@ Both runs start together (2 cores); the second is killed as soon as its step-6 c
 exists, i.e. a few steps later, long before its last step. Runtime ~40-60 s.
 """
 
+import errno
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 
 from codegeex_ms.paths import REPO_ROOT
 
@@ -99,7 +103,7 @@ def test_kill_damage_resume_is_bitwise(tmp_path):
     r = subprocess.run(train_cmd(config, tmp_path / "data", killed, "--resume"), env=env(),
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"skipping checkpoint: {newest}" in r.stderr
+    assert f"damaged checkpoint: {newest}: has " in r.stderr and "(truncated)" in r.stderr
     assert f"step_{resume_from:08d}.ckpt (step {resume_from})" in r.stderr
 
     expected, got = losses(full), losses(killed)
@@ -111,3 +115,167 @@ def test_kill_damage_resume_is_bitwise(tmp_path):
     for name in final_a:
         np.testing.assert_array_equal(final_a[name], final_b[name], err_msg=name)
     assert (killed / "loss_curve.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process scenarios on one reference run: a damaged newest checkpoint (the exact case of
+# issue 16), a full disk and a kill in the middle of a save, each followed by --resume.
+
+SCENARIO = ("model.dropout=0.0", "train.train_steps=200", "train.save_every=20")
+
+
+def scenario_config(tmp_path, out, keep):
+    from codegeex_ms.config import load_config
+    config = tmp_path / "train.yaml"
+    if not config.exists():
+        config.write_text(CONFIG)
+        write_data(tmp_path / "data")
+    return load_config(str(config), SCENARIO + (f"data.train_path={tmp_path / 'data'}",
+                                                f"train.output_dir={out}",
+                                                f"train.keep_checkpoints={keep}"))
+
+
+def train_in_process(cfg, resume=False):
+    from codegeex_ms import runtime
+    from codegeex_ms.train.loop import run
+    runtime.setup("graph", None, seed=cfg.train.seed)
+    return run(cfg, resume=resume, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 200-step run keeping every checkpoint: its losses are the truth."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = scenario_config(tmp, tmp / "out", keep=50)
+    train_in_process(cfg)
+    return tmp
+
+
+def copy_run(reference, dest, steps):
+    """The reference's output with only the checkpoints of ``steps`` (and their manifests)."""
+    shutil.copytree(reference / "out", dest, ignore=shutil.ignore_patterns("step_*", "model_final*"))
+    for step in steps:
+        for suffix in ("", ".manifest.json"):
+            name = f"step_{step:08d}.ckpt{suffix}"
+            shutil.copy2(reference / "out" / "checkpoints" / "rank_0" / name,
+                         dest / "checkpoints" / "rank_0" / name)
+    return dest / "checkpoints" / "rank_0"
+
+
+def verified_steps(ckpts):
+    """Steps whose file verifies against its manifest, without touching anything."""
+    from codegeex_ms.checkpoint.atomic import IntegrityError, verify_file
+    out = []
+    for path in ckpts.glob("step_????????.ckpt"):
+        try:
+            verify_file(path)
+            out.append(int(path.name[5:13]))
+        except IntegrityError:
+            pass
+    return sorted(out)
+
+
+def watch_checkpoint_dir(monkeypatch, ckpts, invariant):
+    """Check ``invariant(verified steps)`` after every rename and delete in ``ckpts``."""
+    from codegeex_ms.checkpoint import atomic
+    from codegeex_ms.train import checkpoint as train_checkpoint
+    seen = []
+
+    def wrap(owner, name):
+        real = getattr(owner, name)
+
+        def watched(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if any(str(ckpts) in str(a) for a in args):
+                steps = verified_steps(ckpts)
+                assert invariant(steps), (name, args, steps)
+                seen.append(steps)
+            return result
+        monkeypatch.setattr(owner, name, watched)
+    wrap(train_checkpoint, "_remove")
+    wrap(train_checkpoint, "_rename")
+    wrap(atomic.os, "replace")
+    return seen
+
+
+def assert_same_losses(reference, out, first):
+    expected, got = losses(reference / "out"), losses(out)
+    assert sorted(got) == sorted(expected) == list(range(1, 201))
+    for step in range(first, 201):
+        assert got[step] == expected[step], (step, got[step], expected[step])
+    final_a = weights(reference / "out" / "model_final.ckpt")
+    final_b = weights(out / "model_final.ckpt")
+    for name in final_a:
+        np.testing.assert_array_equal(final_a[name], final_b[name], err_msg=name)
+
+
+def test_issue_scenario_bit_flipped_newest_keeps_a_verified_checkpoint(reference, tmp_path,
+                                                                       monkeypatch, caplog):
+    """save_every=20, keep 3, step_200 bit-flipped, --resume: step_100 (or a later verified
+    checkpoint) exists at every moment, the damage is reported in the project's words."""
+    out = tmp_path / "run"
+    ckpts = copy_run(reference, out, [100, 200])
+    newest = ckpts / "step_00000200.ckpt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    newest.write_bytes(bytes(data))
+    seen = watch_checkpoint_dir(monkeypatch, ckpts, lambda steps: any(s >= 100 for s in steps))
+    with caplog.at_level(logging.INFO, logger="codegeex_ms.train"):
+        summary = train_in_process(scenario_config(tmp_path, out, keep=3), resume=True)
+    monkeypatch.undo()
+    assert summary["start_step"] == 100
+    assert (f"damaged checkpoint: {newest}: sha256 does not match its manifest" in caplog.text)
+    assert "resumed from" in caplog.text and "step_00000100.ckpt (step 100)" in caplog.text
+    assert len(seen) > 10  # the invariant was checked at every save and rotation
+    assert verified_steps(ckpts) == [160, 180, 200]
+    assert sorted(p.name for p in ckpts.glob("*corrupt*")) == [
+        "step_00000200.ckpt.corrupt-checksum", "step_00000200.ckpt.corrupt-checksum.manifest.json"]
+    assert_same_losses(reference, out, 101)
+
+
+def test_full_disk_then_kill_mid_save_then_resume_is_bitwise(reference, tmp_path, monkeypatch):
+    """A save fails with ENOSPC (the run stops with the error, nothing half-written); the resumed
+    run is killed between renaming a checkpoint and writing its manifest; a second resume
+    finishes: every loss and the final weights equal the uninterrupted run's."""
+    from codegeex_ms.checkpoint import atomic
+    from codegeex_ms.train import checkpoint as train_checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    out = tmp_path / "run"
+    ckpts = copy_run(reference, out, [100])
+    cfg = scenario_config(tmp_path, out, keep=3)
+    real_save = train_checkpoint.ms.save_checkpoint
+
+    def full_at_140(params, path, **kwargs):
+        if "step_00000140" in path:
+            with open(path, "wb") as f:
+                f.write(b"\x0a\x05part")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(params, path, **kwargs)
+    monkeypatch.setattr(train_checkpoint.ms, "save_checkpoint", full_at_140)
+    with pytest.raises(OSError, match="No space"):
+        train_in_process(cfg, resume=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        f"step_00000{s}.ckpt{m}" for s in (100, 120) for m in ("", ".manifest.json")]
+
+    real_manifest = atomic.write_manifest
+
+    def killed_at_180(path, size, sha):
+        if "step_00000180" in str(path):
+            raise Killed()
+        return real_manifest(path, size, sha)
+    monkeypatch.setattr(atomic, "write_manifest", killed_at_180)
+    with pytest.raises(Killed):
+        train_in_process(cfg, resume=True)
+    monkeypatch.undo()
+    assert (ckpts / "step_00000180.ckpt").exists()  # renamed, but no manifest vouches for it
+    assert verified_steps(ckpts) == [120, 140, 160]
+
+    summary = train_in_process(cfg, resume=True)
+    assert summary["start_step"] == 160
+    assert (ckpts / "step_00000180.ckpt.corrupt-no-manifest").exists()
+    assert verified_steps(ckpts) == [160, 180, 200]
+    assert_same_losses(reference, out, 101)

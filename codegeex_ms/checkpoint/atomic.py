@@ -1,17 +1,155 @@
-"""Output files that appear complete or not at all."""
+"""Output files that appear complete or not at all, each vouched for by a checksum manifest.
+
+Every file written through :func:`atomic_output` gets a sidecar ``<file>.manifest.json``
+(``{"format", "file", "size", "sha256"}`` over the whole file), written atomically *after* the data
+are in place. :func:`verify_file` checks a file against its manifest before anything parses it, so
+a truncated, extended, bit-flipped or half-saved file is reported in this project's words (the
+file and what is wrong) instead of failing somewhere inside a reader.
+
+Save sequence: data to a hidden temporary file, fsync, hash, remove an old manifest of the final
+name, rename data onto the final name, write the manifest (temporary, fsync, rename), fsync the
+directory. A crash at any point leaves either the old state, or the new data without a manifest
+(reported as ``no-manifest``), never a manifest vouching for data it was not computed from.
+"""
 
 import contextlib
+import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Optional, Tuple
+
+from .errors import CheckpointFormatError
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = "codegeex_ms.manifest/1"
+_BLOCK = 16 << 20
+
+
+class IntegrityError(CheckpointFormatError):
+    """A file does not match its manifest. ``reason`` is a short tag used in quarantine names:
+    ``missing``, ``no-manifest``, ``bad-manifest``, ``truncated``, ``size`` or ``checksum``."""
+
+    def __init__(self, path, reason: str, detail: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {detail}")
+
+
+def manifest_path(path) -> Path:
+    """The sidecar manifest of ``path``."""
+    return Path(str(path) + MANIFEST_SUFFIX)
+
+
+def file_digest(path) -> Tuple[int, str]:
+    """``(size in bytes, sha256 hex)`` of the whole file."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_BLOCK)
+            if not block:
+                return size, sha.hexdigest()
+            sha.update(block)
+            size += len(block)
+
+
+def fsync_dir(directory) -> None:
+    """Make renames and unlinks in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(path, size: int, sha256: str) -> Path:
+    """Atomically write the manifest of ``path`` (its size and sha256); returns its path."""
+    target = manifest_path(path)
+    record = {"format": MANIFEST_FORMAT, "file": Path(path).name, "size": size, "sha256": sha256}
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_manifest(path) -> Optional[dict]:
+    """The manifest record of ``path``, None if it has none; IntegrityError if it is unreadable."""
+    target = manifest_path(path)
+    try:
+        record = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise IntegrityError(path, "bad-manifest", f"its manifest {target.name} is unreadable "
+                             f"({err}); the save was interrupted or the manifest damaged") from None
+    if not (isinstance(record, dict) and record.get("format") == MANIFEST_FORMAT
+            and isinstance(record.get("size"), int) and isinstance(record.get("sha256"), str)):
+        raise IntegrityError(path, "bad-manifest", f"its manifest {target.name} is not a "
+                             f"{MANIFEST_FORMAT} record")
+    return record
+
+
+def verify_file(path, required: bool = True) -> bool:
+    """Check ``path`` against its manifest (size first, then the sha256 of the whole file).
+
+    Returns True if it matches, False if there is no manifest and ``required`` is False (a file
+    this project did not write, e.g. a downloaded release). Raises :class:`IntegrityError` naming
+    the file and what is wrong otherwise.
+    """
+    path = Path(path)
+    record = read_manifest(path)
+    if not path.is_file():
+        detail = "is missing" + (f" (its manifest {manifest_path(path).name} remains)" if record else "")
+        raise IntegrityError(path, "missing", detail)
+    if record is None:
+        if required:
+            raise IntegrityError(path, "no-manifest", f"has no manifest {manifest_path(path).name}, "
+                                 "so it cannot be verified (the save was interrupted before it "
+                                 "completed)")
+        return False
+    size = path.stat().st_size
+    if size != record["size"]:
+        reason = "truncated" if size < record["size"] else "size"
+        raise IntegrityError(path, reason, f"has {size} bytes, its manifest says {record['size']} "
+                             f"({'truncated' if reason == 'truncated' else 'extended or replaced'}); "
+                             "the file is damaged: re-create it or use another checkpoint")
+    if file_digest(path)[1] != record["sha256"]:
+        raise IntegrityError(path, "checksum", "sha256 does not match its manifest (the file is "
+                             "damaged, e.g. flipped bits on disk): re-create it or use another "
+                             "checkpoint")
+    return True
+
+
+def replace_with_manifest(tmp, path) -> Path:
+    """Hash the complete, fsynced file ``tmp``, rename it onto ``path`` and write its manifest
+    (see the module docstring for the order); returns the manifest path."""
+    size, sha = file_digest(tmp)
+    path = Path(path)
+    manifest_path(path).unlink(missing_ok=True)  # an old manifest must never vouch for new data
+    os.replace(tmp, path)
+    try:
+        target = write_manifest(path, size, sha)
+    except Exception:
+        path.unlink(missing_ok=True)  # data nobody can verify are not left under the final name
+        raise
+    fsync_dir(path.parent)
+    return target
 
 
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a binary file (read/write, seekable) that becomes ``path`` only on success.
 
-    The data go to a hidden temporary file in the same directory, which is flushed, fsynced and
-    renamed onto ``path`` when the block exits normally, and deleted when it raises.
+    The data go to a hidden temporary file in the same directory, which is flushed, fsynced,
+    hashed and renamed onto ``path`` with its manifest (:func:`replace_with_manifest`) when the
+    block exits normally, and deleted when it raises.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -23,7 +161,7 @@ def atomic_output(path):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_with_manifest(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -7,6 +7,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from .atomic import verify_file
 from .base import CheckpointReader, ClosingContext, TensorInfo
 from .errors import CheckpointFormatError
 from .ms17 import OPTIMIZER_PREFIXES, map_ms17_names
@@ -38,8 +39,14 @@ def detect_format(path) -> str:
 
 
 def open_checkpoint(path) -> CheckpointReader:
-    """A reader for ``path`` with its stored names, whatever the format."""
-    return _READERS[detect_format(path)](path)
+    """A reader for ``path`` with its stored names, whatever the format.
+
+    A file this project wrote is first checked against its manifest (see ``atomic``); damage
+    raises :class:`~codegeex_ms.checkpoint.atomic.IntegrityError` before any parsing.
+    """
+    fmt = detect_format(path)
+    verify_file(path, required=False)
+    return _READERS[fmt](path)
 
 
 class ModelWeights(ClosingContext):

@@ -82,10 +82,11 @@ class Trainer:
 
 
 def find_resume_point(manager: CheckpointManager, state, topology: Topology):
-    """``(step, params, meta)`` of the newest checkpoint valid on every rank, or None."""
+    """``(step, params, meta)`` of the newest checkpoint verified on every rank, or None (damaged
+    ones are quarantined on the way; see :class:`CheckpointManager`)."""
     if topology.world == 1:
         return manager.newest_valid(state)
-    valid = [s for s in manager.steps() if manager.valid(s, state) is not None][:RESUME_WIDTH]
+    valid = manager.verified_steps()[:RESUME_WIDTH]
     table = all_gather_ints(topology, valid, RESUME_WIDTH)
     common = set.intersection(*({int(s) for s in row if s >= 0} for row in table))
     if not common:
@@ -138,7 +139,7 @@ def _resume_point(manager, trainer, topology, cfg, resume: bool) -> tuple:
         return 0, 0
     found = find_resume_point(manager, trainer.state, topology)
     if found is None:
-        logger.warning("--resume: no valid checkpoint in %s; starting from scratch", manager.directory)
+        logger.warning("--resume: no verified checkpoint in %s; starting from scratch", manager.directory)
         return 0, 0
     step, params, meta = found
     if meta.get("world", 1) != topology.world:
@@ -187,8 +188,8 @@ def run(cfg, resume: bool = False, device_target: str = "CPU", progress: bool = 
     tokens_per_step = global_batch_size(cfg) * t.seq_length
     flops_per_step = metrics.flops_per_token(cfg.model, t.seq_length) * tokens_per_step
     peak = t.peak_tflops * 1e12 or metrics.measure_matmul_peak(cfg.model.compute_dtype)
-    stream = micro_batches(cfg, topology.data_rank, topology.data_ranks, consumed,
-                           (t.train_steps - start) * accum)
+    stream = micro_batches(cfg, topology.shard_id, topology.num_shards, consumed,
+                           (t.train_steps - start) * accum, topology.batch_per_rank)
     window, first, last_row = _Window(), None, None
     bar = tqdm(range(start + 1, t.train_steps + 1), initial=start, total=t.train_steps,
                desc="train", unit="step", disable=not (progress and topology.is_main))
