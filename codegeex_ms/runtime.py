@@ -1,14 +1,23 @@
-"""Process-wide MindSpore settings shared by every entry point."""
+"""Process-wide MindSpore settings shared by every entry point.
+
+MindSpore's log level is set here and only here: importing :mod:`codegeex_ms` (which imports
+this module) sets ``GLOG_v`` to :data:`DEFAULT_GLOG_V` (errors only) unless the user already set
+it, before anything imports MindSpore, whose Python and C++ loggers read it once at import.
+``GLOG_v=2`` (warnings) or ``GLOG_v=1`` (info) in the environment overrides it. This module does
+not import MindSpore itself until :func:`setup` is called.
+"""
 
 import argparse
+import os
 
-import mindspore as ms
+DEFAULT_GLOG_V = "3"
+os.environ.setdefault("GLOG_v", DEFAULT_GLOG_V)
 
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+MODES = ("graph", "pynative")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=sorted(MODES), default="graph",
+    parser.add_argument("--mode", choices=MODES, default="graph",
                         help="MindSpore execution mode (graph compiles once per input shape and is "
                              "the fast path; pynative runs op by op)")
     parser.add_argument("--device-target", default=None, choices=["CPU", "GPU", "Ascend"],
@@ -16,8 +25,9 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 
 def setup(mode: str = "graph", device_target: str = None, seed: int = None) -> None:
-    """Set the execution mode, device and (optionally) the global seed."""
-    ms.set_context(mode=MODES[mode])
+    """Set the execution mode ("graph" or "pynative"), device and (optionally) the global seed."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    ms.set_context(mode={"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[mode])
     if device_target:
         ms.set_device(device_target)
     if seed is not None:

@@ -52,6 +52,16 @@ def np_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+def np_dtype_of(ms_dtype) -> np.dtype:
+    """NumPy dtype of a MindSpore dtype (e.g. ``mindspore.float16``), via its .ckpt type name
+    (``str(mindspore.float16) == "Float16"``); replaces the deprecated
+    ``mindspore.dtype_to_nptype``."""
+    try:
+        return np_dtype(CKPT_TYPE_TO_NAME[str(ms_dtype)])
+    except KeyError:
+        raise ValueError(f"Unsupported MindSpore dtype {ms_dtype}.") from None
+
+
 def dtype_name(dtype) -> str:
     """Canonical name of a NumPy dtype (or anything ``np.dtype`` accepts); checks it is supported."""
     name = np.dtype(dtype).name

@@ -4,6 +4,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .dtypes import np_dtype_of
 from .layout import check_layout
 from .sources import open_weights
 
@@ -26,7 +27,7 @@ def load_into_network(net, path, dtype=None, from_ms17: Optional[bool] = None) -
         for name, param in params.items():
             if dtype is not None and param.dtype != dtype:
                 param.set_dtype(dtype)
-            target = np.dtype(ms.dtype_to_nptype(param.dtype))
+            target = np_dtype_of(param.dtype)
             array = weights.read(name).astype(target, copy=False)
             param.set_data(ms.Tensor.from_numpy(np.ascontiguousarray(array)))
     return list(params)
