@@ -124,7 +124,7 @@ def test_operator_definitions_register_exactly_the_supported_socs():
     """The Python list of supported SoCs is the one every Ascend C operator definition registers
     (AddConfig); the kernels copy with DataCopyPad, which only those SoCs have."""
     hosts = sorted((REPO_ROOT / "kernels").glob("*/ascendc/op_host/*.cpp"))
-    assert len(hosts) == 2
+    assert len(hosts) >= 2
     for host in hosts:
         text = host.read_text()
         for definition in re.findall(r"AICore\(\)[^;]*;", text):

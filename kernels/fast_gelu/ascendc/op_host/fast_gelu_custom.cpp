@@ -70,6 +70,10 @@ static graphStatus SameDataType(gert::InferDataTypeContext *context) {
 
 namespace ops {
 
+// SoCs: Ascend 910B / 910C (Atlas A2 / A3) only. The kernels move data with DataCopyPad, which
+// Ascend 910 (910A, "ascend910") lacks; codegeex_ms/ops/fused.py checks the SoC at run time and
+// uses MindSpore's built-in operators elsewhere. Keep this list equal to
+// kernel_build.ASCEND_KERNEL_SOCS (tests/test_kernels_soc.py checks it).
 class FastGeluCustom : public OpDef {
  public:
   explicit FastGeluCustom(const char *name) : OpDef(name) {
