@@ -25,7 +25,17 @@ DTYPES = ("float16", "float32")
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown, mistyped or inconsistent."""
+    """One or more configuration keys are unknown, mistyped or inconsistent.
+
+    ``problems`` lists every problem found (one line each); the message holds them all.
+    """
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{len(self.problems)} problems:\n  " + "\n  ".join(self.problems))
 
 
 @dataclass
@@ -230,27 +240,40 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _build_section(name: str, cls: type, values: Any):
+def _build_section(name: str, cls: type, values: Any, problems: list):
+    """The section's dataclass; unknown keys and wrong types are appended to ``problems`` (the
+    offending keys keep their defaults so that every problem is found in one pass)."""
     if not isinstance(values, dict):
-        raise ConfigError(f"section {name!r} must be a mapping, got {type(values).__name__}")
+        problems.append(f"section {name!r} must be a mapping, got {type(values).__name__}")
+        return cls()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) in section {name!r}: {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
-    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+        problems.append(f"unknown key(s) in section {name!r}: {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key in sorted(set(values) & known):
+        try:
+            kwargs[key] = _coerce(f"{name}.{key}", values[key], hints[key])
+        except ConfigError as err:
+            problems.extend(err.problems)
     return cls(**kwargs)
 
 
 def config_from_dict(data: dict) -> Config:
-    """Build and validate a :class:`Config` from a plain mapping of sections."""
+    """Build and validate a :class:`Config` from a plain mapping of sections; one ConfigError
+    lists every unknown key and wrong type, or else every violated rule."""
     sections = {f.name: f for f in dataclasses.fields(Config)}
+    problems = []
     unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ConfigError(f"unknown section(s): {', '.join(unknown)} (known: {', '.join(sections)})")
+        problems.append(f"unknown section(s): {', '.join(unknown)} (known: {', '.join(sections)})")
     hints = typing.get_type_hints(Config)
-    cfg = Config(**{name: _build_section(name, hints[name], data.get(name, {})) for name in sections})
+    cfg = Config(**{name: _build_section(name, hints[name], data.get(name, {}), problems)
+                    for name in sections})
+    if problems:
+        raise ConfigError(problems)
     validate(cfg)
     return cfg
 
@@ -267,13 +290,14 @@ def load_config(path: Optional[str] = None, overrides: tuple = ()) -> Config:
 # Validation
 
 
-def _require(cond: bool, key: str, rule: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {rule}")
-
-
 def validate(cfg: Config) -> None:
-    """Raise :class:`ConfigError` for impossible combinations."""
+    """Raise one :class:`ConfigError` listing every impossible combination."""
+    problems = []
+
+    def _require(cond: bool, key: str, rule: str) -> None:
+        if not cond:
+            problems.append(f"{key}: {rule}")
+
     m, p, t = cfg.model, cfg.parallel, cfg.train
     for key in ("vocab_size", "real_vocab_size", "hidden_size", "num_layers", "num_heads",
                 "ffn_hidden_size", "max_position_embeddings"):
@@ -350,6 +374,8 @@ def validate(cfg: Config) -> None:
              f"must be in [0, model.max_position_embeddings={m.max_position_embeddings}]")
     _require(inf.temperature >= 0, "inference.temperature", "must be >= 0")
     _require(0 < inf.top_p <= 1, "inference.top_p", "must be in (0, 1]")
+    if problems:
+        raise ConfigError(problems)
 
 
 def global_batch_size(cfg: Config) -> int:
@@ -375,5 +401,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Load the config named by ``--config`` with ``--set`` overrides applied."""
     path = args.config
     if path and not Path(path).is_file():
-        path = str(_resolve_extends(path, Path.cwd()))
+        found = [c for c in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml") if c.is_file()]
+        if not found:
+            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+            raise ConfigError(f"--config {path}: no such file, nor {Path(path).stem}.yaml in "
+                              f"{CONFIG_DIR.name}/; give a path or one of: {names}")
+        path = str(found[0])
     return load_config(path, tuple(args.overrides))
