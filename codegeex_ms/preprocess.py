@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from codegeex_ms import cli_common
 from codegeex_ms.data.filters import FilterConfig
 from codegeex_ms.data.pipeline import PreprocessOptions, format_summary, preprocess
 from codegeex_ms.tokenizer import TOKENIZER_DIR_ENV
@@ -20,7 +21,7 @@ from codegeex_ms.tokenizer import TOKENIZER_DIR_ENV
 
 def build_parser() -> argparse.ArgumentParser:
     defaults, filt = PreprocessOptions(inputs=[], output=Path()), FilterConfig()
-    p = argparse.ArgumentParser(
+    p = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.preprocess",
         description="Filter, deduplicate, tag, tokenize and pack code into MindRecord shards of "
                     "seq_length+1 tokens (documents separated by <|endoftext|>). Inputs: source "
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="source files, directories, .jsonl or .jsonl.gz files")
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="output directory (created; written atomically via <output>.partial)")
-    p.add_argument("--tokenizer", default=None,
+    p.add_argument("--tokenizer-dir", "--tokenizer", dest="tokenizer", default=None,
                    help=f"tokenizer directory (default: ${TOKENIZER_DIR_ENV}, else "
                         f"<shared data>/codegeex_tokenizer)")
     p.add_argument("--language-tags", default=None,
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
     p.add_argument("--summary-json", type=Path, default=None,
                    help="also write the summary here (it is always in <output>/summary.json)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_common.add_quiet_arg(p, "no progress bar")
     return p
 
 
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from codegeex_ms import cli_common
 from codegeex_ms.tokenizer import EOD_TOKEN, NUM_EXTRA_TOKENS, CodeGeeXTokenizer, extra_token
 
 _SPACE_RUN = re.compile(" {2,10}")  # leftmost-longest, as the added-token matcher splits
@@ -94,7 +95,7 @@ def corpus_texts(inputs: list, language_tags=None, progress: bool = False) -> It
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.tokenizer_train",
         description="Train a CodeGeeX-style tokenizer (byte-level BPE + <|endoftext|> + 143 added "
                     "tokens, space runs as whitespace tokens) on source files, directories or "
@@ -107,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merged pair")
     p.add_argument("--language-tags", default=None,
                    help="language_tags.json (default: <shared data>/language_tags.json)")
+    cli_common.add_quiet_arg(p, "no progress bars")
     args = p.parse_args(argv)
     try:
-        tok = train_tokenizer(corpus_texts(args.inputs, args.language_tags, progress=True),
+        tok = train_tokenizer(corpus_texts(args.inputs, args.language_tags, progress=not args.quiet),
                               args.vocab_size, args.output, min_frequency=args.min_frequency,
-                              show_progress=True)
+                              show_progress=not args.quiet)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -120,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))
