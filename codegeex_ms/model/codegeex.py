@@ -21,9 +21,21 @@ class TokenEmbedding(nn.Cell):
         self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, *args)
         self.position_embeddings = Embedding(cfg.max_position_embeddings, cfg.hidden_size, *args)
         self.dropout = nn.Dropout(p=cfg.dropout)
+        self.add = ops.Add()
+        self.hidden = cfg.hidden_size
+
+    def shard_sum(self, dp):
+        """Split the sum of the two lookups and its dropout by batch (``dp``), like the layers."""
+        self.add.shard(((dp, 1, 1), (dp, 1, 1)))
+        self.dropout.dropout.shard(((dp, 1, 1),))
+        return self
+
+    def shard_inputs(self, batch, seq):
+        hidden = (batch, seq, self.hidden)
+        return {"add": [hidden, hidden], "dropout": [hidden]}
 
     def construct(self, input_ids, position_ids):
-        return self.dropout(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
+        return self.dropout(self.add(self.word_embeddings(input_ids), self.position_embeddings(position_ids)))
 
 
 class TopQueryEmbedding(nn.Cell):
@@ -68,6 +80,14 @@ class LanguageModel(nn.Cell):
         self.topQueryEmbedding = TopQueryEmbedding(cfg)  # pylint: disable=invalid-name
         self.transformer = Transformer(cfg)
         self.expand = ops.ExpandDims()
+
+    def shard_mask(self, dp):
+        """Split the attention mask [B, S, T] by batch (``dp``) as every layer's softmax reads it."""
+        self.expand.shard(((dp, 1, 1),))
+        return self
+
+    def shard_inputs(self, batch, seq):
+        return {"expand": [(batch, seq, seq)]}
 
     def construct(self, input_ids, position_ids, attention_mask, key_caches=None, value_caches=None,
                   index=None):

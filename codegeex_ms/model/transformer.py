@@ -26,11 +26,11 @@ class Attention(nn.Cell):
         super().__init__()
         h, dt, pdt, std = cfg.hidden_size, cfg.compute_dtype, cfg.param_dtype, cfg.init_std
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        q8 = cfg.weight_quant
-        self.query = Linear(h, h, dt, pdt, std, q8)
-        self.key = Linear(h, h, dt, pdt, std, q8)
-        self.value = Linear(h, h, dt, pdt, std, q8)
-        self.dense = Linear(h, h, dt, pdt, std, q8)
+        q8, fused = cfg.weight_quant, cfg.fused_kernels
+        self.query = Linear(h, h, dt, pdt, std, q8, fused)
+        self.key = Linear(h, h, dt, pdt, std, q8, fused)
+        self.value = Linear(h, h, dt, pdt, std, q8, fused)
+        self.dense = Linear(h, h, dt, pdt, std, q8, fused)
         self.softmax = MaskedSoftmax(1.0 / math.sqrt(self.head_dim), fused=cfg.fused_kernels)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.scores = ops.BatchMatMul(transpose_b=True)
@@ -50,6 +50,7 @@ class Attention(nn.Cell):
         self.scores.shard(((dp, mp, 1, 1), (dp, mp, 1, 1)))
         self.context.shard(((dp, mp, 1, 1), (dp, mp, 1, 1)))
         self.softmax.shard(dp, mp)
+        self.dropout.dropout.shard(((dp, mp, 1, 1),))
         return self
 
     def shard_inputs(self, batch, seq):
@@ -58,7 +59,7 @@ class Attention(nn.Cell):
         scores = (batch, n, seq, seq)
         return {"transpose": [(batch, seq, n, d)], "merge_transpose": [heads],
                 "scores": [heads, heads], "context": [scores, heads],
-                "softmax": [scores, (batch, 1, seq, seq)]}
+                "softmax": [scores, (batch, 1, seq, seq)], "dropout": [scores]}
 
     def _split_heads(self, x):
         b, s, _ = x.shape
@@ -85,8 +86,8 @@ class MLP(nn.Cell):
         super().__init__()
         h, f, dt, pdt, std = (cfg.hidden_size, cfg.ffn_hidden_size, cfg.compute_dtype,
                               cfg.param_dtype, cfg.init_std)
-        self.dense_h_to_4h = Linear(h, f, dt, pdt, std, cfg.weight_quant)
-        self.dense_4h_to_h = Linear(f, h, dt, pdt, std, cfg.weight_quant)
+        self.dense_h_to_4h = Linear(h, f, dt, pdt, std, cfg.weight_quant, cfg.fused_kernels)
+        self.dense_4h_to_h = Linear(f, h, dt, pdt, std, cfg.weight_quant, cfg.fused_kernels)
         self.activation = FastGelu(fused=cfg.fused_kernels)
 
     def shard(self, dp, mp):
@@ -119,16 +120,29 @@ class TransformerLayer(nn.Cell):
         self.mlp = MLP(cfg)
         self.attn_dropout = nn.Dropout(p=cfg.dropout)
         self.mlp_dropout = nn.Dropout(p=cfg.dropout)
+        self.attn_residual = ops.Add()
+        self.mlp_residual = ops.Add()
 
     def shard(self, dp, mp):
         self.input_layernorm.shard(dp)
         self.post_attention_layernorm.shard(dp)
         self.attention.shard(dp, mp)
         self.mlp.shard(dp, mp)
+        # The residual stream stays split by batch only: without a strategy MindSpore would split
+        # these over all devices and gather them back before every LayerNorm.
+        for op in (self.attn_residual, self.mlp_residual):
+            op.shard(((dp, 1, 1), (dp, 1, 1)))
+        for drop in (self.attn_dropout, self.mlp_dropout):
+            drop.dropout.shard(((dp, 1, 1),))
         return self
+
+    def shard_inputs(self, batch, seq):
+        hidden = (batch, seq, self.input_layernorm.hidden)
+        return {"attn_residual": [hidden, hidden], "mlp_residual": [hidden, hidden],
+                "attn_dropout": [hidden], "mlp_dropout": [hidden]}
 
     def construct(self, h, mask, query_emb=None, cache=None):
         normed = self.input_layernorm(h)
         q_in = query_emb if self.top_query else normed
-        x = h + self.attn_dropout(self.attention(q_in, normed, mask, cache))
-        return x + self.mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
+        x = self.attn_residual(h, self.attn_dropout(self.attention(q_in, normed, mask, cache)))
+        return self.mlp_residual(x, self.mlp_dropout(self.mlp(self.post_attention_layernorm(x))))

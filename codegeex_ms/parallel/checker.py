@@ -1,29 +1,44 @@
-"""Static check of a shard plan: MindSpore cannot compile semi-auto parallel on CPU.
+"""Per-operator check of a shard plan: MindSpore cannot compile semi-auto parallel on CPU.
 
-For the full-sequence training forward of a given (micro-)batch and sequence length, every Cell
-that owns sharded primitives declares the input shapes of each (``shard_inputs``). The checker
-walks the network and verifies, for each primitive:
+For the full-sequence forward of a given (micro-)batch and sequence length, every Cell that owns
+sharded primitives declares the input shapes of each (``shard_inputs``; a parent may declare the
+shapes of a child Cell that has none, e.g. an ``nn.Dropout``). :func:`check_shard_plan` walks any
+network (training or inference, including W8A16 layers) and verifies, for each primitive:
 
 - it has a strategy when the plan is parallel (dp·mp > 1), and its shapes are declared;
-- the strategy has one entry per input and each entry's length equals that input's rank;
-- every split divides the dimension it splits, and the product of splits of an input does not
-  exceed the device count;
+- MindSpore's strategy-value rules (one split per dimension, splits divide their dimensions and the
+  device count; see :func:`codegeex_ms.parallel.rules.check_strategy_values`);
+- the sharding rule of its operator kind when it needs no runtime argument (MatMul, BatchMatMul,
+  element-wise with broadcasting, Softmax, LayerNorm, Gather, OneHot, FastGeLU, Dropout, Custom:
+  :mod:`codegeex_ms.parallel.rules`);
 - parameters' splits divide their shapes.
+
+Layout propagation between operators, and the redistributions it reveals, need the dataflow of the
+training graph: :func:`codegeex_ms.parallel.validator.validate_plan`.
 """
 
 import inspect
 
+from codegeex_ms.parallel.rules import RULES, RuleViolation, check_strategy_values
+from codegeex_ms.parallel.validator import PlanError
 
-class PlanError(ValueError):
-    """The shard plan is inconsistent; the message lists every problem found."""
+KIND = {"MatMul": "MatMul", "BatchMatMul": "BatchMatMul", "Add": "Arithmetic", "Sub": "Arithmetic",
+        "Mul": "Arithmetic", "RealDiv": "Arithmetic", "BiasAdd": "Arithmetic", "Maximum": "Arithmetic",
+        "Softmax": "Softmax", "LayerNorm": "LayerNorm", "Gather": "Gather", "OneHot": "OneHot",
+        "FastGeLU": "Unary", "Dropout": "Unary", "Exp": "Unary", "Log": "Unary", "Custom": "Custom"}
+"""Primitive name → rule kind (operators whose rule needs runtime arguments are value-checked only)."""
+
+__all__ = ["PlanError", "check_shard_plan"]
 
 
 def _declared_shapes(cell, batch, seq, given):
     """Shapes of ``cell``'s primitives: from its ``shard_inputs(batch, seq)`` / ``(rows)``, or,
-    for an operator Cell (FastGelu, MaskedSoftmax), from the input shapes its parent gave it."""
+    for an operator Cell (FastGelu, MaskedSoftmax), from the input shapes its parent gave it; a Cell
+    without ``shard_inputs`` (nn.Dropout) given shapes declares them for its one sharded primitive."""
     fn = getattr(cell, "shard_inputs", None)
     if fn is None:
-        return {}
+        prims = [attr for attr, prim in _primitives(cell) if _strategy(prim) is not None]
+        return {prims[0]: given} if given is not None and len(prims) == 1 else {}
     if given is not None:
         return fn(*given)
     names = list(inspect.signature(fn).parameters)
@@ -43,6 +58,26 @@ def _primitives(cell):
     for attr, value in vars(cell).items():
         if hasattr(value, "attrs") and hasattr(value, "add_prim_attr"):
             yield attr, value
+
+
+def _check_rule(op, prim, strategy, shapes, devices):
+    """MindSpore's rule for ``prim``'s kind; returns a problem line or None."""
+    kind = KIND.get(prim.name)
+    strategy = tuple(tuple(s) for s in strategy)
+    shapes = [tuple(s) for s in shapes]
+    attrs = dict(prim.attrs)
+    if kind == "OneHot":   # declared on its output [N, depth]; the rule takes the 1-D indices
+        attrs["depth"] = shapes[0][-1]
+        shapes = [shapes[0][:1], (), ()]
+    try:
+        if kind is None:
+            check_strategy_values(strategy, shapes, devices)
+        else:
+            RULES[kind](strategy, shapes, attrs, devices)
+    except RuleViolation as err:
+        where = ":" if err.input_index is None else f": input {err.input_index}"
+        return f"{op}{where} {err.rule} [{prim.name}, strategy {strategy}]"
+    return None
 
 
 def check_shard_plan(net, parallel, batch: int, seq: int) -> list:
@@ -70,24 +105,9 @@ def check_shard_plan(net, parallel, batch: int, seq: int) -> list:
                 problems.append(f"{op}: has strategy {strategy} but its input shapes are not declared")
                 continue
             shapes = declared[attr]
-            if len(strategy) != len(shapes):
-                problems.append(f"{op}: strategy has {len(strategy)} entries for {len(shapes)} inputs")
-                continue
-            for i, (split, shape) in enumerate(zip(strategy, shapes)):
-                if len(split) != len(shape):
-                    problems.append(f"{op}: input {i} has rank {len(shape)} {tuple(shape)} but "
-                                    f"strategy {tuple(split)} has {len(split)} entries")
-                    continue
-                for dim, (parts, size) in enumerate(zip(split, shape)):
-                    if size % parts:
-                        problems.append(f"{op}: input {i} dimension {dim} of size {size} is not "
-                                        f"divisible by its split {parts}")
-                total = 1
-                for parts in split:
-                    total *= parts
-                if devices % total:
-                    problems.append(f"{op}: input {i} split {tuple(split)} uses {total} parts, "
-                                    f"which does not divide {devices} devices")
+            problem = _check_rule(op, prim, strategy, shapes, devices)
+            if problem:
+                problems.append(problem)
             checked.append((op, strategy, shapes))
         for attr, split in getattr(cell, "split", {}).items():
             param = getattr(cell, attr)

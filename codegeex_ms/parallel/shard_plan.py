@@ -10,6 +10,7 @@ checked statically by :mod:`codegeex_ms.parallel.checker`.
 
 from codegeex_ms.model.codegeex import CodeGeeX
 from codegeex_ms.model.loss import CodeGeeXWithLoss
+from codegeex_ms.parallel.custom_layout import annotate_custom_layouts
 
 
 def _unwrap(net):
@@ -26,6 +27,8 @@ def apply_shard_plan(net, parallel) -> None:
     lm = model.language_model
     lm.embedding.word_embeddings.shard(dp, vocab_mp)
     lm.embedding.position_embeddings.shard(dp, 1)
+    lm.embedding.shard_sum(dp)
+    lm.shard_mask(dp)
     lm.topQueryEmbedding.top_query_embeddings.shard(dp, 1)
     for layer in list(lm.transformer.layers) + [lm.transformer.topQueryLayer]:
         layer.shard(dp, mp)
@@ -35,6 +38,7 @@ def apply_shard_plan(net, parallel) -> None:
     model.head.shard(((dp, 1), (vocab_mp, 1)))
     if isinstance(net, CodeGeeXWithLoss):
         net.loss.shard(dp, vocab_mp)
+    annotate_custom_layouts(net)
 
 
 def parameter_splits(net) -> dict:
