@@ -80,12 +80,13 @@ def classify(exc: BaseException) -> tuple:
         return EXIT_INTERRUPTED, "interrupted"
     if isinstance(exc, ConfigError):
         return EXIT_USAGE, str(exc)
+    if isinstance(exc, OSError) and exc.errno is None:  # raised by this project with a message
+        return EXIT_USAGE, str(exc)
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         reason = exc.strerror or str(exc)
-        if exc.errno in _INPUT_ERRNOS or (exc.errno is None and isinstance(exc, FileNotFoundError)):
-            hint = "" if exc.strerror is None else "; check the path"
-            return EXIT_USAGE, f"{where}{reason}{hint}"
+        if exc.errno in _INPUT_ERRNOS:
+            return EXIT_USAGE, f"{where}{reason}; check the path"
         if exc.errno == errno.ENOSPC:
             return EXIT_FAILURE, f"{where}{reason}: free some space and run again"
         return EXIT_FAILURE, f"{where}{reason}"

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import cli_common
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError
@@ -96,7 +97,7 @@ def _same_bytes(a, b, chunk: int = 1 << 24) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.convert",
         description=__doc__.split("\n\n", 1)[0],
         epilog="Examples:\n"
@@ -107,12 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                "Peak memory is about one tensor (the largest, the word embedding, is 0.5 GiB in FP16 "
                "for 13B), so a 26 GB checkpoint converts on a 24 GiB machine.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, metavar="PATH",
-                        help="checkpoint to read: PyTorch zip .pt (release layout, or a state dict with the "
-                             "same names), MindSpore .ckpt or .safetensors; detected from the content")
-    parser.add_argument("--output", required=True, metavar="PATH",
-                        help="file to write; written to a temporary file in the same directory and renamed "
-                             "when complete")
+    cli_common.add_io_args(parser,
+                           "checkpoint to read: PyTorch zip .pt (release layout, or a state dict with "
+                           "the same names), MindSpore .ckpt or .safetensors; detected from the content",
+                           "file to write; written to a temporary file in the same directory and "
+                           "renamed when complete, with a checksum manifest <output>.manifest.json")
     parser.add_argument("--format", choices=FORMATS,
                         help="output format (default: from the output extension .ckpt/.safetensors/.pt)")
     parser.add_argument("--dtype", choices=DTYPES,
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-heads", type=int, metavar="N",
                         help="number of attention heads, stored as metadata in .ckpt/.safetensors "
                              "(default: the input's metadata, else hidden size / 128, i.e. 40 for 13B)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_common.add_quiet_arg(parser, "no progress bar")
     return parser
 
 
@@ -145,4 +145,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from codegeex_ms.config import add_config_args, config_from_args
+from codegeex_ms import cli_common
+from codegeex_ms.config import config_from_args
 from codegeex_ms.inference.prompts import TASKS
 
 
@@ -90,14 +91,13 @@ def read_prompt(args) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m codegeex_ms.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, required=True)
+    parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.generate", description=__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_config_args(parser, required=True)
     from codegeex_ms.runtime import add_runtime_args
     add_runtime_args(parser)
-    parser.add_argument("--checkpoint", required=True, help="weights (.ckpt, .safetensors, INT8 .ckpt or release .pt)")
-    parser.add_argument("--tokenizer-dir", help="directory with vocab.json/merges.txt "
-                                                "(default: tokenizer.path, $CODEGEEX_TOKENIZER_DIR, shared data)")
+    cli_common.add_checkpoint_arg(parser)
+    cli_common.add_tokenizer_dir_arg(parser)
     parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="the code to start from")
@@ -177,4 +177,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))

@@ -14,17 +14,17 @@ import sys
 
 import numpy as np
 
-from codegeex_ms.config import add_config_args, config_from_args
+from codegeex_ms import cli_common
+from codegeex_ms.config import config_from_args
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m codegeex_ms.score", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, required=True)
+    parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.score", description=__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_config_args(parser, required=True)
     from codegeex_ms.runtime import add_runtime_args
     add_runtime_args(parser)
-    parser.add_argument("--checkpoint", required=True,
-                        help="weights: MindSpore .ckpt/.safetensors (float or INT8) or a release-layout .pt")
+    cli_common.add_checkpoint_arg(parser)
     parser.add_argument("--input-ids", required=True, help=".npy of int token ids [batch, seq]")
     parser.add_argument("--output", required=True, help=".npy to write the FP32 logits to")
     parser.add_argument("--decode-from", type=int, default=None, metavar="P",
@@ -98,4 +98,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))
