@@ -216,8 +216,8 @@ def _child_argv(args) -> list:
 def run(args) -> int:
     """Parent side: check prerequisites, plan, simulate, report. Exit status."""
     import json  # pylint: disable=import-outside-toplevel
-    find_ascend_plugin()
     find_cann()
+    find_ascend_plugin()
     cfg = config_from_args(args)
     par = cfg.parallel
     world = par.data_parallel * par.model_parallel * par.pipeline_stages

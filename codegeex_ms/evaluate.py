@@ -23,7 +23,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import add_config_args, config_from_args
+from . import cli_common
+from .config import config_from_args
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.evaluation import execute_samples
 from .humaneval.generation import SamplingConfig, generate_samples
@@ -52,8 +53,8 @@ def _int_list(text: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m codegeex_ms.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_common.ArgumentParser(prog="python -m codegeex_ms.evaluate", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", required=True, type=Path, help="where the .jsonl/report files go")
     p.add_argument("--steps", default="generate,execute,score",
                    help="comma-separated subset of generate,execute,score (default: all)")
@@ -69,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--generator", choices=("model", "canonical"), default="model",
                    help="'model': codegeex_ms.generate.load_generator; 'canonical': dataset "
                         "solutions (harness check)")
-    add_config_args(g)
-    g.add_argument("--checkpoint", help="model checkpoint (for --generator model)")
-    g.add_argument("--tokenizer-dir", help="tokenizer directory (default: config / shared data)")
+    cli_common.add_config_args(g)
+    cli_common.add_checkpoint_arg(g, required=False, help_text="model checkpoint (for --generator model)")
+    cli_common.add_tokenizer_dir_arg(g)
     g.add_argument("--mode", choices=("graph", "pynative"), default="graph",
                    help="MindSpore execution mode")
     g.add_argument("--device-target", choices=("CPU", "GPU", "Ascend"), default=None)
@@ -121,13 +122,13 @@ def _load(languages, args) -> dict:
 
 
 def _check_run_config(path: Path, current: dict) -> None:
+    """SystemExit if ``path`` holds settings other than ``current`` (nothing is written)."""
     if path.exists():
         saved = json.loads(path.read_text())
         diff = {k: (saved.get(k), current[k]) for k in _RUN_KEYS if saved.get(k) != current[k]}
         if diff:
             raise SystemExit(f"{path} was written with different settings {diff} (saved, now); "
                              "use another --output-dir or the saved settings")
-    path.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def _model_generate_fn(args):
@@ -157,15 +158,17 @@ def step_generate(args, generate_fn=None) -> None:
     problems = _load(sorted(languages), args)
     cfg = SamplingConfig(args.samples_per_problem, args.temperature, args.top_p,
                          args.max_new_tokens, args.batch_size, args.seed)
-    _check_run_config(args.output_dir / "run_config.json",
-                      {"task": args.task, "source_language": args.source_language,
-                       "generator": "custom" if generate_fn else args.generator,
-                       "temperature": cfg.temperature, "top_p": cfg.top_p,
-                       "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed})
+    run_config = {"task": args.task, "source_language": args.source_language,
+                  "generator": "custom" if generate_fn else args.generator,
+                  "temperature": cfg.temperature, "top_p": cfg.top_p,
+                  "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    _check_run_config(args.output_dir / "run_config.json", run_config)
     canonical = generate_fn is None and args.generator == "canonical"
-    if generate_fn is None:
+    if generate_fn is None:  # the model loads before anything is written
         generate_fn = (canonical_generate_fn(tracks, problems) if canonical
                        else _model_generate_fn(args))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
     added = generate_samples(tracks, problems, generate_fn, args.output_dir / "samples.jsonl",
                              cfg, truncate=not canonical, progress=not args.no_progress)
     print(f"generate: {added} new samples in {args.output_dir / 'samples.jsonl'}")
@@ -228,7 +231,6 @@ def main(argv=None, generate_fn=None) -> None:
     bad = [s for s in steps if s not in STEPS]
     if bad or not steps:
         raise SystemExit(f"--steps: unknown {bad or steps}; use a subset of {','.join(STEPS)}")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     if "generate" in steps:
         step_generate(args, generate_fn)
     if "execute" in steps:
@@ -238,4 +240,4 @@ def main(argv=None, generate_fn=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_common.run(main))
