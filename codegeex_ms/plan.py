@@ -13,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from codegeex_ms.config import ConfigError, add_config_args, config_from_args, global_batch_size
+from codegeex_ms import cli_common
+from codegeex_ms.config import ConfigError, config_from_args, global_batch_size
+from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
 
@@ -200,6 +202,7 @@ def build_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dic
         "mindspore_default_group": _default_group(cfg, params, reserve),
         "flops": model_flops(cfg, counts),
         "inference": inference_memory(cfg, counts),
+        "communication": plan_communication(cfg, {n: lay.opt_shard_size for n, lay in layouts.items()}),
         "assumptions": ASSUMPTIONS,
     }
 
@@ -276,6 +279,7 @@ def format_plan(plan, title: str = "") -> str:
         out.append(f"  paper (13B): ≈{PAPER_13B['fp16_gb']} GB in FP16, ≈{PAPER_13B['int8_gb']} GB in "
                    "INT8 — the device memory of inference, which the weights plus a full 2048-token "
                    "KV cache match")
+    out += [""] + format_communication(plan["communication"])
     out += ["", "assumptions"] + [f"  - {a}" for a in plan["assumptions"]]
     return "\n".join(out)
 
@@ -306,8 +310,9 @@ def _explain_margin(plan) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codegeex_ms.plan", description=__doc__.split("\n\n")[0])
-    add_config_args(parser, required=True)
+    parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.plan",
+                                       description=__doc__.split("\n\n")[0])
+    cli_common.add_config_args(parser, required=True)
     parser.add_argument("--capacity-gib", type=float, default=32.0,
                         help="device memory (default 32: Ascend 910 HBM)")
     parser.add_argument("--reserve-gib", type=float, default=2.0,
@@ -327,4 +332,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))
