@@ -15,6 +15,7 @@ from pathlib import Path
 
 from codegeex_ms import cli_common
 from codegeex_ms.config import ConfigError, config_from_args, global_batch_size
+from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
 
@@ -201,6 +202,7 @@ def build_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dic
         "mindspore_default_group": _default_group(cfg, params, reserve),
         "flops": model_flops(cfg, counts),
         "inference": inference_memory(cfg, counts),
+        "communication": plan_communication(cfg, {n: lay.opt_shard_size for n, lay in layouts.items()}),
         "assumptions": ASSUMPTIONS,
     }
 
@@ -277,6 +279,7 @@ def format_plan(plan, title: str = "") -> str:
         out.append(f"  paper (13B): ≈{PAPER_13B['fp16_gb']} GB in FP16, ≈{PAPER_13B['int8_gb']} GB in "
                    "INT8 — the device memory of inference, which the weights plus a full 2048-token "
                    "KV cache match")
+    out += [""] + format_communication(plan["communication"])
     out += ["", "assumptions"] + [f"  - {a}" for a in plan["assumptions"]]
     return "\n".join(out)
 

@@ -87,7 +87,7 @@ def check_strategy_values(strategy, shapes, devices: int) -> None:
                                    f"{devices} devices")
 
 
-class _Mesh:
+class Mesh:
     """An operator's device matrix, with the repeated-calculation dimension MindSpore appends
     (on the right by default) when the strategy uses fewer devices than there are."""
 
@@ -124,7 +124,7 @@ def elementwise(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     """Unary element-wise operators (Exp, Log, FastGeLU, Dropout, Cast): no constraint
     (operator list: "None"); the output is laid out like the input."""
     check_strategy_values(strategy, shapes, devices)
-    mesh = _Mesh(strategy[0], devices)
+    mesh = Mesh(strategy[0], devices)
     lay = mesh.layout(range(len(shapes[0])), shapes[0])
     return OpSharding((lay,) + tuple(replicated(s) for s in shapes[1:]), (lay,))
 
@@ -159,7 +159,7 @@ def layer_norm(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
         if tuple(strategy[i]) != tail:
             raise RuleViolation(i, f"LayerNorm {'gamma' if i == 1 else 'beta'} strategy {tuple(strategy[i])} "
                                    f"must equal the input's trailing strategy {tail} [operator list, LayerNorm]")
-    mesh = _Mesh(x, devices)
+    mesh = Mesh(x, devices)
     lay = mesh.layout(range(len(x)), shapes[0])
     params = tuple(mesh.layout(range(len(x) - len(s), len(x)), s) for s in shapes[1:])
     return OpSharding((lay,) + params, (lay,))
@@ -182,7 +182,7 @@ def arithmetic(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
                                      f"splits {tuple(parts)} for sizes {tuple(sizes)} "
                                      f"[arithmetic_info.cc CheckStrategy]")
     dev = [max(t[d] for t in exp_t) for d in range(rank)]
-    mesh = _Mesh(dev, devices)
+    mesh = Mesh(dev, devices)
     ins = []
     for shape, t in zip(shapes, strategy):
         off = rank - len(shape)
@@ -204,7 +204,7 @@ def matmul(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
         form = "((A, B), (C, B))" if tb else "((A, B), (B, C))"
         raise RuleViolation(1, f"MatMul contracted dimension is split {a1} in input 0 but {b_k} in input 1; "
                                f"the strategy must have the form {form} [operator list, MatMul]")
-    mesh = _Mesh([a0, a1, b_n], devices)
+    mesh = Mesh([a0, a1, b_n], devices)
     la = mesh.layout([0, 1], shapes[0])
     lb = mesh.layout([2, 1] if tb else [1, 2], shapes[1])
     out_shape = (shapes[0][0], shapes[1][0] if tb else shapes[1][1])
@@ -234,7 +234,7 @@ def batch_matmul(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
         raise RuleViolation(1, f"BatchMatMul contracted dimension is split {a[-1]} in input 0 but {b_k} "
                                f"in input 1; the last two dimensions follow MatMul's rule [operator list]")
     nb = len(a) - 2
-    mesh = _Mesh(list(a) + [b_n], devices)
+    mesh = Mesh(list(a) + [b_n], devices)
     la = mesh.layout(range(nb + 2), shapes[0])
     lb = mesh.layout(list(range(nb)) + ([nb + 2, nb + 1] if tb else [nb + 1, nb + 2]), shapes[1])
     out_shape = tuple(shapes[0][:-1]) + (shapes[1][-2] if tb else shapes[1][-1],)
@@ -253,7 +253,7 @@ def transpose(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     """Transpose: no constraint; the output's splits are the input's, permuted."""
     check_strategy_values(strategy, shapes, devices)
     perm = attrs["perm"]
-    mesh = _Mesh(strategy[0], devices)
+    mesh = Mesh(strategy[0], devices)
     lin = mesh.layout(range(len(perm)), shapes[0])
     out_shape = tuple(shapes[0][p] for p in perm)
     return OpSharding((lin,), (mesh.layout(list(perm), out_shape),))
@@ -263,7 +263,7 @@ def expand_dims(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     """ExpandDims: no constraint; the new axis is whole."""
     check_strategy_values(strategy, shapes, devices)
     axis = attrs["axis"] % (len(shapes[0]) + 1)
-    mesh = _Mesh(strategy[0], devices)
+    mesh = Mesh(strategy[0], devices)
     lin = mesh.layout(range(len(shapes[0])), shapes[0])
     index = list(range(len(shapes[0])))
     index.insert(axis, None)
@@ -279,7 +279,7 @@ def reduce(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     rank = len(shapes[0])
     axes = attrs.get("axis", tuple(range(rank)))
     axes = tuple(a % rank for a in (axes if isinstance(axes, (tuple, list)) else (axes,)))
-    mesh = _Mesh(strategy[0], devices)
+    mesh = Mesh(strategy[0], devices)
     lin = mesh.layout(range(rank), shapes[0])
     keep = attrs.get("keep_dims", False)
     if keep:
@@ -313,7 +313,7 @@ def gather(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
         raise RuleViolation(None, "only axis 0 gathers are used by this network")
     p, ix = (tuple(s) for s in strategy)
     if p[0] == 1:
-        mesh = _Mesh(list(ix) + list(p), devices)
+        mesh = Mesh(list(ix) + list(p), devices)
         ni = len(ix)
         lp = mesh.layout([None] + [ni + d for d in range(1, len(p))], shapes[0])
         li = mesh.layout(range(ni), shapes[1])
@@ -323,7 +323,7 @@ def gather(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     out_shape = tuple(shapes[1]) + tuple(shapes[0][1:])
     if (len(p) == 2 and len(ix) == 2 and p[1] == 1 and ix[1] == 1 and p[0] * ix[0] == devices
             and p[0] != devices and ix[0] != devices):
-        mesh = _Mesh([ix[0], p[0]], devices)
+        mesh = Mesh([ix[0], p[0]], devices)
         lp = mesh.layout([1, None], shapes[0])
         li = mesh.layout([0, None], shapes[1])
         lo = mesh.layout([0, None, None], out_shape)
@@ -340,7 +340,7 @@ def gather(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     if prod(p) != devices and len(p) == 2 and p[1] != 1:
         raise RuleViolation(0, "Gather splitting axis 0 and params dimension 1 does not support repeated "
                                "calculation [gather_info.cc CheckSplitAxisStrategy]")
-    mesh = _Mesh(list(p), devices)
+    mesh = Mesh(list(p), devices)
     lp = mesh.layout(range(len(p)), shapes[0])
     li = mesh.layout([None] * len(shapes[1]), shapes[1])
     allreduce = shapes[1][0] % p[0] != 0
@@ -361,7 +361,7 @@ def one_hot(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
     if len(strategy) != 3 or tuple(strategy[1]) != () or tuple(strategy[2]) != ():
         raise RuleViolation(None, "OneHot's strategy is (output [N, depth] split, (), ()) [operator list]")
     check_strategy_values(strategy[:1], [out_shape], devices)
-    mesh = _Mesh(strategy[0], devices)
+    mesh = Mesh(strategy[0], devices)
     return OpSharding((mesh.layout([0], shapes[0]), replicated(()), replicated(())),
                       (mesh.layout([0, 1], out_shape),))
 
@@ -392,7 +392,7 @@ def custom(strategy, shapes, attrs, devices, itemsize=4) -> OpSharding:
                                f"(split {strategy[0][-1]}), as Softmax [operator list, Softmax]")
     if kernel == "masked_softmax":
         arithmetic(strategy[:2], shapes[:2], {}, devices)
-    mesh = _Mesh(dev, devices)
+    mesh = Mesh(dev, devices)
     n = len(dev)
     ins = tuple(mesh.layout([None if k == -1 else n - 1 - k for k in tmap], s)
                 for tmap, s in zip(in_maps, shapes))

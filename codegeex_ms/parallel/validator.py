@@ -19,15 +19,14 @@ operator's strategy says); each is cross-checked against the layout the strategy
 (:mod:`codegeex_ms.parallel.strategy_file`: split dimensions over the model-parallel axis).
 """
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from math import prod
 from typing import Dict, List, Optional, Tuple
 
 from codegeex_ms.parallel.graph import INPUTS, training_graph
-from codegeex_ms.parallel.layouts import Collective, Layout, collective, from_tensor_map, redistribution, \
-    replicated, with_dims
-from codegeex_ms.parallel.rules import RULES, RuleViolation, _Mesh, batch_parallel_strategy
+from codegeex_ms.parallel.layouts import Collective, Layout, from_tensor_map, redistribution, replicated, \
+    with_dims
+from codegeex_ms.parallel.rules import RULES, RuleViolation, Mesh, batch_parallel_strategy
 
 PASSTHROUGH = ("Cast",)
 
@@ -144,7 +143,7 @@ def _input_layouts(parallel, shapes: Dict[str, tuple], dataset_strategy) -> Dict
             split = (parallel.data_parallel,) + (1,) * (len(shape) - 1)
         else:
             split = tuple(dataset_strategy[k])
-        out[name] = _Mesh(split, devices).layout(range(len(shape)), shape)
+        out[name] = Mesh(split, devices).layout(range(len(shape)), shape)
     return out
 
 
@@ -223,7 +222,8 @@ def check_plan(net, parallel, batch: int, seq: int, dataset_strategy=None) -> Pl
         if cur is None or cur == need:
             return
         fwd, bwd = redistribution(cur, need, info.itemsize)
-        red = Redistribution(node.name, i, param or t, cur, need, fwd, bwd, node.layer, param is not None)
+        red = Redistribution(node.name, i, param or _name(graph, node, i), cur, need, fwd, bwd, node.layer,
+                             param is not None)
         report.redistributions.append(red)
         if red.unplanned:
             report.problems.append(f"unplanned redistribution: {red}")
@@ -285,55 +285,3 @@ def _check_parameters(net, parallel, report: PlanReport) -> None:
             report.problems.append(f"parameter {name}: its operator slices it {lay.splits} {lay.dims}, but the "
                                    f"plan records splits {tuple(splits)} over the model-parallel axis "
                                    f"{want.dims} (strategy file / checkpoint layout)")
-
-
-# ----------------------------------------------------------------------------- communication
-
-
-def _add(table, key, coll: Optional[Collective], times: int = 1) -> None:
-    if coll is None or coll.kind == "slice":
-        return
-    entry = table[key]
-    entry["count"] += times
-    entry["bytes"] += coll.bytes * times
-
-
-def communication(report: PlanReport, parallel, param_itemsize: int, optimizer_shard_size: int = 0,
-                  opt_sizes: Optional[Dict[str, int]] = None) -> Dict[Tuple[str, str, int], dict]:
-    """Collectives per training step and device: ``{(phase, kind, group): {"count", "bytes"}}``.
-
-    Phases: ``forward`` and ``backward`` (the operators' own collectives and the redistributions),
-    ``recompute`` (forward collectives of the layers, run again in backward when
-    ``parallel.recompute``: MindSpore recomputes model-parallel communication with the layer), and
-    ``gradients`` (the data-parallel reduction of every parameter gradient: an AllReduce over the
-    devices holding the same slice; with optimizer sharding in groups of k, a ReduceScatter over k,
-    an AllReduce of the 1/k piece over the remaining holders, and the forward AllGather of the
-    parameter over k). ``opt_sizes``: the optimizer group of each parameter (0 = kept whole), from
-    the strategy file layouts; default: ``optimizer_shard_size`` for every parameter.
-    Bytes: what each device sends (see :mod:`codegeex_ms.parallel.layouts`).
-    """
-    table = defaultdict(lambda: {"count": 0, "bytes": 0})
-    for rec in report.ops:
-        for comm in rec.forward:
-            _add(table, ("forward", comm.collective.kind, comm.collective.group), comm.collective)
-            if parallel.recompute and rec.layer is not None:
-                _add(table, ("recompute", comm.collective.kind, comm.collective.group), comm.collective)
-        for comm in rec.backward:
-            _add(table, ("backward", comm.collective.kind, comm.collective.group), comm.collective)
-    for red in report.redistributions:
-        for c in red.forward:
-            _add(table, ("forward", c.kind, c.group), c)
-        for c in red.backward:
-            _add(table, ("backward", c.kind, c.group), c)
-    for name, lay in report.parameters.items():
-        holders = report.devices // prod(lay.splits)
-        slice_bytes = lay.local_numel * param_itemsize
-        k = optimizer_shard_size if opt_sizes is None else opt_sizes.get(name, 0)
-        if k > 1:
-            _add(table, ("gradients", "ReduceScatter", k), collective("ReduceScatter", k, slice_bytes))
-            _add(table, ("gradients", "AllReduce", holders // k),
-                 collective("AllReduce", holders // k, slice_bytes // k))
-            _add(table, ("gradients", "AllGather", k), collective("AllGather", k, slice_bytes // k))
-        else:
-            _add(table, ("gradients", "AllReduce", holders), collective("AllReduce", holders, slice_bytes))
-    return dict(table)
