@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from codegeex_ms.config import ConfigError, add_config_args, config_from_args
+from codegeex_ms import cli_common
+from codegeex_ms.config import ConfigError, config_from_args
 from codegeex_ms.parallel.strategy_file import (check_optimizer_shard_size,
                                                 optimizer_shard_size_for, planned_parameters,
                                                 plan_layouts, match_names, write_strategy_file)
@@ -143,30 +144,30 @@ def _opt_size_arg(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m codegeex_ms.distributed_ckpt",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog="examples:\n" + __doc__.split("\n\n")[-1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.distributed_ckpt",
+                                       description=__doc__.split("\n\n")[0],
+                                       epilog="examples:\n" + __doc__.split("\n\n")[-1],
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("merge", help="per-rank checkpoints -> one checkpoint with full tensors")
     m.add_argument("--src", required=True, help="directory with rank_0/, rank_1/, … each holding a .ckpt")
     m.add_argument("--pattern", default="*.ckpt", help="file name pattern in each rank directory")
     m.add_argument("--strategy", help="strategy file saved by the training compile (protobuf or .json)")
-    add_config_args(m)
+    cli_common.add_config_args(m)
     _opt_size_arg(m)
     m.add_argument("--out", required=True, help="merged .ckpt to write")
 
     s = sub.add_parser("split", help="one checkpoint -> mp model-parallel ranks (dp=1)")
     s.add_argument("--src", required=True, help="full (merged) .ckpt")
     s.add_argument("--strategy", help="destination strategy file (default: from --config with dp=1)")
-    add_config_args(s)
+    cli_common.add_config_args(s)
     s.add_argument("--mp", type=int, help="model-parallel ranks (default: the config's model_parallel)")
     s.add_argument("--prefix", default="rank", help="file prefix: rank_<r>/<prefix><r>.ckpt")
     s.add_argument("--out", required=True, help="output directory (rank_<r>/ and strategy.ckpt)")
 
     w = sub.add_parser("strategy", help="write the strategy file of a config's shard plan")
-    add_config_args(w, required=True)
+    cli_common.add_config_args(w, required=True)
     _opt_size_arg(w)
     w.add_argument("--names-from", help="a checkpoint whose tensor names the file should use "
                                         "(default: the model's parameter names)")
@@ -236,4 +237,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))
