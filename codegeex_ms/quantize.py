@@ -141,8 +141,8 @@ def quantize_into(net, tensors: Iterable[Tuple[str, np.ndarray]]) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from .config import add_config_args  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(
+    from . import cli_common  # pylint: disable=import-outside-toplevel
+    parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.quantize", description=__doc__.split("\n\n", 1)[0],
         epilog="Examples:\n"
                "  python -m codegeex_ms.quantize --input codegeex_13b.pt --output codegeex_13b_int8.ckpt\n"
@@ -151,16 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                "Then: python -m codegeex_ms.generate --config infer_13b_single_npu "
                "--checkpoint codegeex_13b_int8.ckpt --prompt ...",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, metavar="PATH",
-                        help="float checkpoint: release .pt, MindSpore .ckpt or .safetensors "
-                             "(detected from the content)")
-    parser.add_argument("--output", required=True, metavar="PATH",
-                        help="INT8 checkpoint to write (.ckpt or .safetensors); appears only when complete")
-    add_config_args(parser)
+    cli_common.add_io_args(parser, "float checkpoint: release .pt, MindSpore .ckpt or .safetensors "
+                                   "(detected from the content)",
+                           "INT8 checkpoint to write (.ckpt or .safetensors); appears only when "
+                           "complete, with a checksum manifest <output>.manifest.json")
+    cli_common.add_config_args(parser)
     parser.add_argument("--dtype", choices=DTYPES,
                         help="cast the tensors that stay float (embeddings, LayerNorms, biases); "
                              "default: keep the stored dtype (the release is float16)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_common.add_quiet_arg(parser, "no progress bar")
     return parser
 
 
@@ -183,4 +182,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from codegeex_ms import cli_common
+    sys.exit(cli_common.run(main))
