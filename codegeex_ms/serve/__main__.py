@@ -20,19 +20,18 @@ import logging
 import sys
 from pathlib import Path
 
-from codegeex_ms.config import ConfigError, add_config_args, config_from_args
+from codegeex_ms import cli_common
+from codegeex_ms.config import ConfigError, config_from_args
 from codegeex_ms.runtime import add_runtime_args
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m codegeex_ms.serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, required=True)
+    parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.serve", description=__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_common.add_config_args(parser, required=True)
     add_runtime_args(parser)
-    parser.add_argument("--checkpoint", required=True,
-                        help="weights (.ckpt, .safetensors, INT8 .ckpt or release .pt)")
-    parser.add_argument("--tokenizer-dir", help="directory with vocab.json/merges.txt "
-                                                "(default: tokenizer.path, $CODEGEEX_TOKENIZER_DIR, shared data)")
+    cli_common.add_checkpoint_arg(parser)
+    cli_common.add_tokenizer_dir_arg(parser)
     parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="0 = any free port (default: %(default)s)")
@@ -103,4 +102,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))
