@@ -26,7 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegeex_ms.config import ConfigError, add_config_args, config_from_args
+from codegeex_ms import cli_common
+from codegeex_ms.config import ConfigError, config_from_args
 
 GIB_MIB = 1024
 CANN_LIBRARY = "libge_runner.so"
@@ -182,7 +183,7 @@ def format_report(title: str, rank: int, world: int, level: int, memory: dict, p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.dryrun",
         description="Compile one rank's training graph of a distributed config (e.g. the 1536-device "
                     "pretrain_13b_1536npu) on this host with MindSpore's DryRun (MS_SIMULATION_LEVEL, "
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "without them it stops with an error saying what is missing (exit 1).",
         epilog="Example: source /usr/local/Ascend/ascend-toolkit/set_env.sh && python -m codegeex_ms.dryrun "
                "--config pretrain_13b_1536npu --json dryrun.json")
-    add_config_args(parser, required=True)
+    cli_common.add_config_args(parser, required=True)
     parser.add_argument("--rank", type=int, default=0, help="which rank of the job to compile (default 0)")
     parser.add_argument("--level", type=int, choices=(0, 1), default=1,
                         help="MS_SIMULATION_LEVEL: 0 compiles only, 1 (default) also counts operator "
@@ -251,19 +252,14 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    """Exit status; raises what ``cli_common.run`` reports (``DryRunUnavailable``: exit 1,
+    config errors: exit 2)."""
     args = build_parser().parse_args(argv)
     if args.simulated_rank:
         simulated_rank(config_from_args(args))
         return 0
-    try:
-        return run(args)
-    except DryRunUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_common.run(main))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from codegeex_ms import dryrun
+from codegeex_ms import cli_common, dryrun
 from codegeex_ms.paths import REPO_ROOT
 
 
@@ -118,6 +118,6 @@ def test_report_puts_compiler_and_plan_side_by_side():
 def test_bad_arguments_are_rejected_before_simulating(monkeypatch, capsys, tmp_path, argv):
     monkeypatch.setattr(dryrun, "find_cann", lambda: tmp_path / "libge_runner.so")
     monkeypatch.setattr(dryrun, "_run_child", lambda *a: pytest.fail("must not simulate"))
-    assert dryrun.main(argv) == 2
+    assert cli_common.run(dryrun.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
