@@ -24,13 +24,13 @@ import dataclasses
 import fnmatch
 import os
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from codegeex_ms import cli_common
+from codegeex_ms.checkpoint.atomic import file_digest, replace_with_manifest, verify_file, write_manifest
 from codegeex_ms.config import ConfigError, config_from_args
 from codegeex_ms.parallel.strategy_file import (check_optimizer_shard_size,
                                                 optimizer_shard_size_for, planned_parameters,
@@ -74,6 +74,7 @@ def checkpoint_names(path) -> List[str]:
 def _stage(files: Dict[int, Path], root: Path) -> Path:
     """Link ``files`` into ``root/rank_<r>/ckpt.ckpt`` (the layout transform_checkpoints reads)."""
     for rank, path in files.items():
+        verify_file(path, required=False)  # damage is reported before MindSpore opens the file
         rank_dir = root / f"rank_{rank}"
         rank_dir.mkdir(parents=True)
         os.symlink(Path(path).resolve(), rank_dir / "ckpt.ckpt")
@@ -91,7 +92,7 @@ def merge(files: Dict[int, Path], strategy_file, out_file) -> Path:
     with tempfile.TemporaryDirectory(dir=out_file.parent, prefix=".merge_") as tmp:
         src = _stage(files, Path(tmp) / "src")
         transform_checkpoints(str(src), str(Path(tmp) / "dst"), "merged", str(strategy_file), None)
-        shutil.move(str(Path(tmp) / "dst" / "rank_0" / "merged0.ckpt"), out_file)
+        replace_with_manifest(Path(tmp) / "dst" / "rank_0" / "merged0.ckpt", out_file)
     return out_file
 
 
@@ -102,6 +103,7 @@ def split(src_file, strategy_file, out_dir, prefix: str = "rank") -> Dict[int, P
     src_file, out_dir = Path(src_file), Path(out_dir)
     if not src_file.is_file():
         raise FileNotFoundError(f"checkpoint to split not found: {src_file}")
+    verify_file(src_file, required=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in out_dir.iterdir() if RANK_DIR.match(p.name))
     if existing:
@@ -109,7 +111,10 @@ def split(src_file, strategy_file, out_dir, prefix: str = "rank") -> Dict[int, P
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".split_") as tmp:
         src = _stage({0: src_file}, Path(tmp) / "src")
         transform_checkpoints(str(src), str(out_dir), prefix, None, str(strategy_file))
-    return rank_files(out_dir, f"{prefix}*.ckpt")
+    files = rank_files(out_dir, f"{prefix}*.ckpt")
+    for path in files.values():
+        write_manifest(path, *file_digest(path))
+    return files
 
 
 def config_strategy(cfg, names, out_file, optimizer_shard_size: Optional[int] = None) -> int:

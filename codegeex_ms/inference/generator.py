@@ -1,25 +1,28 @@
-"""Batched text generation with the static KV cache: greedy, sampling and beam search.
+"""Batched text generation: greedy and sampling through the slot scheduler, and beam search.
 
-Prompts of different lengths are left-padded to a bucket length P (a power of two, at least 16),
-so every row writes the same cache slot at each step; position ids count from each row's first
-real token and the mask hides the padding slots. The cache length is a power-of-two bucket of
-``P + max_new_tokens`` (capped at ``max_length``): graph mode compiles one prefill and one decode
-graph per bucket and never per step.
+Greedy and sampled rows run on a :class:`~codegeex_ms.inference.scheduler.SlotScheduler` whose
+pool has a power-of-two number of slots (at most ``max_slots``; more rows wait for free slots)
+and a power-of-two cache length covering the longest prompt plus ``max_new_tokens``. Beam search
+keeps the static left-padded cache (:class:`~codegeex_ms.model.kv_cache.CachedDecoder`): prompts
+are left-padded to a bucket length P (a power of two, at least 16), position ids count from each
+row's first real token and the mask hides the padding slots. Graph mode compiles one graph per
+shape and never per step.
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from codegeex_ms.inference.sampling import SamplingParams, log_softmax, mask_padding_rows, next_tokens
+from codegeex_ms.inference.sampling import SamplingParams, log_softmax, mask_padding_rows
+from codegeex_ms.inference.scheduler import (Completion, Request, SlotScheduler, StopFn,
+                                             _stable_length)
 
-StopFn = Callable[[str], Optional[str]]
-"""Given the completion so far, return the final (truncated) text to stop, or None to go on."""
+__all__ = ["Completion", "Generator", "PromptTooLongError", "StopFn", "Timing", "bucket",
+           "_stable_length"]
 
 RowStopFn = Callable[[int], Optional[str]]
 """Given a row, return a finish reason to end that row now, or None to go on."""
@@ -27,15 +30,6 @@ RowStopFn = Callable[[int], Optional[str]]
 
 class PromptTooLongError(ValueError):
     """Prompt + new tokens exceed the model's positions and truncation was not allowed."""
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list
-    finish_reason: str          # "eos" | "stop" | "length"
-    prompt_tokens: int
-    score: Optional[float] = None  # beam search: length-penalised log-probability
 
 
 @dataclass
@@ -47,16 +41,6 @@ class Timing:
     prefill_tokens: int = 0
     decode_steps: int = 0
     compiles: list = field(default_factory=list)
-
-
-def _stable_length(text: str, holdback: int) -> int:
-    """How much of a growing completion can be streamed: not the last ``holdback`` characters
-    (they may begin a stop string) nor a trailing U+FFFD (a multi-byte character whose remaining
-    bytes are in the next token)."""
-    end = len(text) - holdback
-    while end > 0 and text[end - 1] == "\ufffd":
-        end -= 1
-    return max(end, 0)
 
 
 def bucket(n: int, limit: int, smallest: int = 16) -> int:
@@ -72,11 +56,13 @@ class Generator:
 
     ``tokenizer`` needs ``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and ``eod_id``.
     ``max_length`` bounds prompt + new tokens (default: the model's positions). ``max_decoders``
-    (batch, cache length) shapes keep their compiled graphs and caches alive, least recently used
-    dropped first (1: only the last shape, the least memory).
+    (batch or slots, cache length) shapes keep their compiled graphs and caches alive, least
+    recently used dropped first (1: only the last shape, the least memory). ``max_slots`` caps
+    the rows decoded together.
     """
 
-    def __init__(self, model, tokenizer, max_length: int = 0, max_decoders: int = 1):
+    def __init__(self, model, tokenizer, max_length: int = 0, max_decoders: int = 1,
+                 max_slots: int = 64):
         self.model = model
         self.cfg = model.config
         self.tokenizer = tokenizer
@@ -91,6 +77,7 @@ class Generator:
         if max_decoders < 1:
             raise ValueError(f"max_decoders must be >= 1, got {max_decoders}")
         self.max_decoders = max_decoders
+        self.max_slots = max_slots
         self._decoders = OrderedDict()
         model.set_train(False)
 
@@ -184,62 +171,55 @@ class Generator:
 
     # ------------------------------------------------------------------ sampling / greedy
 
-    def _sample(self, token_lists, max_new, sampling, stop, stop_fn, seed, on_text, should_stop):
-        b = len(token_lists)
-        p = self._prompt_bucket(max(len(t) for t in token_lists), max_new)
-        length = bucket(p + max_new, self.max_length)
-        decoder = self._decoder(b, length)
-        rng = np.random.default_rng(seed)
-        ids, pos, mask, pads = self._prefill_inputs(token_lists, p, length)
+    def _scheduler(self, rows: int, length: int) -> SlotScheduler:
+        """The slot scheduler for up to ``rows`` rows of ``length`` positions (LRU-kept)."""
+        from codegeex_ms.model.kv_cache import SlotKVCache
+        slots = min(bucket(rows, self.max_slots, smallest=1), self.max_slots)
+        key = ("slots", slots, length)
+        if key in self._decoders:
+            self._decoders.move_to_end(key)
+        else:
+            while len(self._decoders) >= self.max_decoders:
+                self._decoders.popitem(last=False)
+            cache = SlotKVCache(self.model, slots, length, self.pad)
+            self._decoders[key] = SlotScheduler(cache, self.tokenizer, eod=self.eod,
+                                                real_vocab_size=self.cfg.real_vocab_size)
+            self.timing.compiles.append(key[1:])
+        return self._decoders[key]
 
-        t0 = time.perf_counter()
-        logits = decoder.step(ids, pos, mask, 0)
-        self.timing = Timing(prefill_s=time.perf_counter() - t0, prefill_tokens=b * p,
-                             compiles=self.timing.compiles)
-        generated = [[] for _ in range(b)]
-        texts, emitted = [""] * b, [0] * b
+    def _sample(self, token_lists, max_new, sampling, stop, stop_fn, seed, on_text, should_stop):
+        """Sampling/greedy through the slot scheduler: row r is a request of its own, seeded with
+        ``[seed, r]``; identical prompts are prefilled once."""
+        b = len(token_lists)
+        length = bucket(max(len(t) for t in token_lists) + max_new, self.max_length)
+        sched = self._scheduler(b, length)
+        sched.trace = self.trace is not None
+        before = vars(sched.stats).copy()
+        requests = []
+        for r, toks in enumerate(token_lists):
+            requests.append(Request(
+                toks, max_new, sampling, seed=seed, seed_offset=r, stop=tuple(stop), stop_fn=stop_fn,
+                on_text=None if on_text is None else (lambda _i, text, r=r: on_text(r, text)),
+                should_stop=None if should_stop is None else (lambda _i, r=r: should_stop(r))))
+        for req in requests:
+            sched.submit(req)
+        sched.run()
+        st = sched.stats
+        self.timing = Timing(st.prefill_s - before["prefill_s"], st.decode_s - before["decode_s"],
+                             st.prefill_tokens - before["prefill_tokens"],
+                             st.decode_steps - before["decode_steps"], self.timing.compiles)
+        out = [req.results[0] for req in requests]
         if self.trace is not None:
-            self.trace.append(logits)
-        finish = [None] * b
-        holdback = max((len(s) for s in stop), default=0)
-        t0 = time.perf_counter()
-        for step in range(max_new):
-            tokens = next_tokens(logits, sampling, rng, self.cfg.real_vocab_size)
-            for r in range(b):
-                if finish[r] is not None:
-                    continue
-                if tokens[r] == self.eod:
-                    finish[r] = "eos"
-                else:
-                    generated[r].append(int(tokens[r]))
-                    texts[r], finish[r] = self._check_stop(generated[r], stop, stop_fn)
-                    if finish[r] is None and should_stop is not None:
-                        finish[r] = should_stop(r)
-                if on_text is not None:
-                    safe = len(texts[r]) if finish[r] else _stable_length(texts[r], holdback)
-                    safe = max(safe, emitted[r])
-                    if safe > emitted[r]:
-                        on_text(r, texts[r][emitted[r]:safe])
-                        emitted[r] = safe
-            if all(f is not None for f in finish) or step == max_new - 1:
-                break
-            slot = p + step
-            keys = np.arange(length)
-            step_mask = ((keys[None, :] <= slot) & (keys[None, :] >= pads[:, None]))
-            logits = decoder.step(tokens[:, None].astype(np.int32),
-                                  (slot - pads)[:, None].astype(np.int32),
-                                  step_mask[:, None, :].astype(np.float32), slot)
-            self.timing.decode_steps += 1
-            if self.trace is not None:
-                self.trace.append(logits)
-        self.timing.decode_s = time.perf_counter() - t0
-        out = []
-        for r in range(b):
-            reason = finish[r] or "length"
-            if on_text is not None and reason == "length" and len(texts[r]) > emitted[r]:
-                on_text(r, texts[r][emitted[r]:])
-            out.append(Completion(texts[r], generated[r], reason, len(token_lists[r])))
+            self._record_trace(sched, requests)
         return out
+
+    def _record_trace(self, sched, requests) -> None:
+        """``trace[step]`` = [B, V] logits of every row at that step (a finished row repeats
+        its last ones)."""
+        rows = [req.trace_rows for req in requests]
+        steps = max(len(t) for t in rows)
+        for step in range(steps):
+            self.trace.append(np.stack([t[min(step, len(t) - 1)] for t in rows]))
 
     def _check_stop(self, generated, stop, stop_fn):
         """(text, finish reason or None) after the newest token."""
