@@ -1,5 +1,8 @@
-"""The micro-batch stream of one data-parallel rank, restartable at any position.
+"""The micro-batch stream of one rank, restartable at any position.
 
+Rank ``shard_id`` of ``num_shards`` reads its own shard; how many shards there are and how many
+samples each rank reads per micro-step is ``codegeex_ms.train.distributed.data_layout``'s choice
+(one shard per device, ``micro_batch_size × data_parallel / world`` samples each).
 The position is the number of micro-batches this rank has consumed since the start of training
 (stored in checkpoints). Sample order, epochs and sharding are those of
 ``codegeex_ms.data.sampling.sample_order``, so the stream resumed at position ``k`` is the
@@ -50,13 +53,14 @@ def check_data(cfg) -> None:
                                 "`python -m codegeex_ms.preprocess` first or fix the path.")
 
 
-def micro_batches(cfg, shard_id: int, num_shards: int, start: int, count: int):
+def micro_batches(cfg, shard_id: int, num_shards: int, start: int, count: int, batch_size: int = 0):
     """Yield ``count`` micro-batches (tuples of the five int32/uint8/float32 NumPy columns, see
-    ``CodeGeeXWithLoss``) of rank ``shard_id`` of ``num_shards``, starting at position ``start``."""
+    ``CodeGeeXWithLoss``) of ``batch_size`` rows (0 = ``train.micro_batch_size``) of rank
+    ``shard_id`` of ``num_shards``, starting at position ``start`` (in micro-batches)."""
     if count <= 0:
         return
     check_data(cfg)
-    micro = cfg.train.micro_batch_size
+    micro = batch_size or cfg.train.micro_batch_size
     per_rank = _num_samples(cfg) // num_shards
     position, end, rows = start * micro, (start + count) * micro, []
     while position < end:  # one epoch (or its remainder) at a time

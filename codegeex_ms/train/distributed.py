@@ -5,8 +5,22 @@ or from an HCCL rank table (``RANK_TABLE_FILE``); otherwise it is standalone. On
 pure data-parallel plan) the context is DATA_PARALLEL and ``TrainStep`` all-reduces the gradients
 itself; on Ascend/GPU with ``model_parallel > 1`` or optimizer sharding it is SEMI_AUTO_PARALLEL
 with the model's shard plan, ZeRO-style optimizer sharding, gradient fusion groups and a saved
-strategy file. Ranks are laid out ``rank = data_rank * model_parallel + model_rank``, so the ranks
-of one model-parallel group read the same data.
+strategy file. Ranks are laid out ``rank = data_rank * model_parallel + model_rank`` (MindSpore's
+device matrix puts the last strategy axis, here ``mp``, on consecutive ranks).
+
+How the data reaches the graph (:func:`data_layout`, :func:`dataset_context`): every rank reads
+its own distinct samples, ``num_shards = world``, ``shard_id = rank``, ``micro_batch_size ×
+data_parallel / world`` of them per micro-step (``micro_batch_size / model_parallel``), and the
+context sets ``dataset_strategy="data_parallel"`` (the documented equivalent of
+``full_batch=False``): the graph's global batch is the concatenation of all ranks' outputs in rank
+order, ``micro_batch_size × data_parallel`` rows, and the compiler gathers each model-parallel
+group's ``model_parallel`` pieces into the ``micro_batch_size`` rows its data-parallel slice
+computes on. Chosen over ``full_batch`` (every rank would read, and build the [B, S, S] masks of,
+the whole global batch) and over a tuple ``dataset_strategy`` with each model-parallel group
+reading the same rows (8× the reading and mask building, and one more setting that must match
+the inputs' order): it is MindSpore's default and what the original CodeGeeX training code did.
+Under DATA_PARALLEL (``model_parallel = 1``) this is the usual one shard per rank of
+``micro_batch_size`` samples.
 """
 
 import os
@@ -24,9 +38,12 @@ from mindspore.communication import get_group_size, get_rank, init
 class Topology:
     rank: int = 0
     world: int = 1
-    data_rank: int = 0        # which data shard this rank reads
-    data_ranks: int = 1       # how many data shards there are (= data_parallel)
+    data_rank: int = 0        # data-parallel index (rank // model_parallel): keys dropout masks
+    data_ranks: int = 1       # data_parallel
     mode: str = "standalone"  # standalone | data_parallel | semi_auto_parallel
+    shard_id: int = 0         # the dataset shard this rank reads (see data_layout)
+    num_shards: int = 1       # how many dataset shards there are
+    batch_per_rank: int = 0   # samples this rank reads per micro-step (0 = train.micro_batch_size)
 
     @property
     def is_main(self) -> bool:
@@ -53,6 +70,25 @@ def fusion_indices(num_params: int, groups: int) -> list:
     return [num_params * i // groups for i in range(1, groups)]
 
 
+def data_layout(parallel, micro_batch_size: int, rank: int, world: int) -> tuple:
+    """``(shard_id, num_shards, batch_per_rank)`` of the data ``rank`` of ``world`` reads: every
+    rank its own shard, ``micro_batch_size × data_parallel / world`` samples per micro-step, so
+    that one micro-step of all ranks is ``micro_batch_size × data_parallel`` distinct samples."""
+    total = micro_batch_size * parallel.data_parallel
+    if total % world:
+        raise ValueError(f"train.micro_batch_size × parallel.data_parallel = {total} samples per "
+                         f"micro-step cannot be split evenly over {world} devices: make "
+                         f"train.micro_batch_size a multiple of parallel.model_parallel "
+                         f"({parallel.model_parallel}).")
+    return rank, world, total // world
+
+
+def dataset_context() -> dict:
+    """``set_auto_parallel_context`` settings for the data under semi-auto parallel: each rank's
+    dataset output is its own slice of the global batch (see the module docstring)."""
+    return {"dataset_strategy": "data_parallel"}
+
+
 def init_topology(cfg, device_target: str) -> Topology:
     """Initialise communication (if launched distributed) and set the parallel context.
     Call after ``runtime.setup`` and before building the network."""
@@ -62,24 +98,32 @@ def init_topology(cfg, device_target: str) -> Topology:
                          "CodeGeeX recipe uses no pipeline); set it to 1.")
     if not launched_distributed():
         _check_world(p, 1)
-        return Topology()
+        return Topology(batch_per_rank=cfg.train.micro_batch_size)
     if device_target == "Ascend" and "RANK_TABLE_FILE" in os.environ and "DEVICE_ID" in os.environ:
         ms.set_device("Ascend", int(os.environ["DEVICE_ID"]))
     init()
     rank, world = get_rank(), get_group_size()
     _check_world(p, world)
     semi_auto = p.model_parallel > 1 or p.optimizer_shard
+    shard_id, num_shards, batch = data_layout(p, cfg.train.micro_batch_size, rank, world)
     if semi_auto and device_target == "CPU":
         raise ValueError("model parallelism and optimizer sharding need SEMI_AUTO_PARALLEL, which "
                          "MindSpore refuses on CPU; on CPU use parallel.model_parallel=1 and "
                          "parallel.optimizer_shard=false (pure data parallel).")
+    if semi_auto and cfg.train.grad_accumulation > 1:
+        raise ValueError("train.grad_accumulation > 1 is not supported with model parallelism or "
+                         "optimizer sharding: MindSpore's global-norm reduction (see "
+                         "codegeex_ms.train.step) only follows a gradient straight from the "
+                         "backward pass; set train.grad_accumulation=1 and raise "
+                         "train.micro_batch_size or parallel.data_parallel instead.")
     if semi_auto:
         strategy = Path(cfg.train.output_dir) / "strategy" / f"strategy_rank_{rank}.ckpt"
         strategy.parent.mkdir(parents=True, exist_ok=True)
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, device_num=world,
-            gradients_mean=False, full_batch=False, enable_parallel_optimizer=p.optimizer_shard,
-            strategy_ckpt_config={"save_file": str(strategy), "only_trainable_params": False})
+            gradients_mean=False, enable_parallel_optimizer=p.optimizer_shard,
+            strategy_ckpt_config={"save_file": str(strategy), "only_trainable_params": False},
+            **dataset_context())
         if p.optimizer_shard:
             from codegeex_ms.parallel.strategy_file import (  # pylint: disable=import-outside-toplevel
                 optimizer_shard_size_for, planned_parameters)
@@ -92,7 +136,8 @@ def init_topology(cfg, device_target: str) -> Topology:
                                      gradients_mean=True)
         mode = "data_parallel"
     return Topology(rank=rank, world=world, data_rank=rank // p.model_parallel,
-                    data_ranks=p.data_parallel, mode=mode)
+                    data_ranks=p.data_parallel, mode=mode, shard_id=shard_id,
+                    num_shards=num_shards, batch_per_rank=batch)
 
 
 def set_fusion_groups(topology: Topology, num_params: int, groups: int) -> None:

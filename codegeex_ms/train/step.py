@@ -11,12 +11,37 @@ the optimizer unless the gradients overflowed.
 Overflow check: :func:`mindspore.amp.all_finite`, which uses the native overflow check on
 Ascend and ``isfinite`` on CPU. The scale follows :class:`mindspore.amp.DynamicLossScaler`
 (``*factor`` after ``window`` finite steps in a row, ``/factor`` (floor 1) on overflow).
+
+Semi-auto parallel (rules in :mod:`codegeex_ms.parallel.reduction`): this part of the step sees
+each device's local gradient slices, so
+
+- the global norm is computed with the square-sum pattern of MindSpore's own
+  ``ops.clip_by_global_norm`` / mindformers' ``ClipGradNorm``: ``ReduceSum(Square(g))`` then
+  ``ExpandDims`` carrying the ``grad_scale`` attribute, ``AddN``, ``Sqrt``. MindSpore's parallel
+  pass (``HandleGlobalNormScale``) recognises it, divides each parameter's square sum by the size
+  of its gradient's mirror group (the devices holding the same slice, so replicated parameters are
+  not counted several times) and inserts an AllReduce(SUM) over all devices before the ``Sqrt``.
+  Chosen over a hand-written reduction because the divisor comes from the layouts the compiler
+  actually built (including which tensors the parallel optimizer really splits, which depends on
+  its size threshold), and over calling ``ops.clip_by_global_norm`` because that does not return
+  the norm we log and is deprecated after 2.9. The chain from the backward's gradient to the
+  square sum may contain only Cast/Mul (true here with ``grad_accumulation = 1``, which
+  ``init_topology`` requires under semi-auto). Without a parallel pass (standalone, DATA_PARALLEL)
+  the attribute does nothing.
+- the overflow flag is all-reduced (SUM of 0/1 over all devices, overflow when > 0) exactly as
+  ``nn.TrainOneStepWithLossScaleCell`` does, so every device skips or applies the same step and
+  the loss scales stay equal. That cell itself cannot be used: its CPU overflow check is broken
+  (MINDSPORE_NOTES.md) and it has no place for gradient accumulation.
 """
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.amp import DynamicLossScaler, all_finite
 
+from codegeex_ms.parallel.reduction import optimizer_reductions
+
+# The attribute is the marker MindSpore's global-norm pass looks for (see the module docstring).
+GRAD_SCALE_EXPAND = ops.ExpandDims().add_prim_attr("grad_scale", True)
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _mul = ops.MultitypeFuncGraph("mul")
 _add = ops.MultitypeFuncGraph("add")
@@ -26,8 +51,9 @@ _zero = ops.MultitypeFuncGraph("zero")
 
 @_square_sum.register("Tensor")
 def _square_sum_fn(g):
+    """``[1]`` FP32: the local sum of squares of ``g``, in MindSpore's global-norm pattern."""
     g = ops.cast(g, ms.float32)
-    return ops.reduce_sum(g * g)
+    return GRAD_SCALE_EXPAND(ops.reduce_sum(ops.square(g)), 0)
 
 
 @_mul.register("Tensor", "Tensor")
@@ -101,6 +127,9 @@ class _Update(nn.Cell):
         if self.reduce:
             self.allreduce = ops.AllReduce()
             self.inv_ranks = 1.0 / state.num_ranks
+        self.reduce_overflow = state.reductions.overflow
+        if self.reduce_overflow:
+            self.overflow_allreduce = ops.AllReduce()
 
     def construct(self, input_ids, labels, position_ids, attention_mask, loss_mask):
         s = self.state
@@ -114,8 +143,11 @@ class _Update(nn.Cell):
             loss = self.allreduce(loss) * self.inv_ranks
         grads = self.hyper_map(ops.partial(_mul, ops.reciprocal(scale * s.accum_steps)), grads)
         finite = all_finite(grads)
+        if self.reduce_overflow:
+            overflow = self.overflow_allreduce(ops.cast(ops.logical_not(finite), ms.float32))
+            finite = ops.equal(overflow, 0.0)
         s.scaler.adjust(finite)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        norm = ops.reshape(ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))), ())
         factor = s.clip_norm / ops.maximum(norm, s.clip_norm)
         grads = self.hyper_map(ops.partial(_mul, factor), grads)
         lr = s.optimizer.get_lr()
@@ -151,6 +183,7 @@ class TrainState(nn.Cell):
         self.scaled_grads = ScaledGrads(network, self.weights)
         self.reducer = None
         self.num_ranks = 1
+        self.reductions = optimizer_reductions(ms.get_auto_parallel_context("parallel_mode"))
         if ms.get_auto_parallel_context("parallel_mode") == ms.ParallelMode.DATA_PARALLEL:
             self.num_ranks = ms.get_auto_parallel_context("device_num")
             self.reducer = nn.DistributedGradReducer(
