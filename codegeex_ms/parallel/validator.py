@@ -150,10 +150,14 @@ def _input_layouts(parallel, shapes: Dict[str, tuple], dataset_strategy) -> Dict
 def _name(graph, node, index: int) -> str:
     """An input's name for messages: the parameter's, the graph input's, or the producer's."""
     t = node.inputs[index]
-    if graph.tensors[t].param or not t.startswith("%"):
-        return graph.tensors[t].param or t
-    producer = next((n.name for n in graph.nodes if t in n.outputs), t)
-    return f"output of {producer}"
+    while True:
+        info = graph.tensors[t]
+        if info.param or not t.startswith("%"):
+            return info.param or t
+        producer = next(n for n in graph.nodes if t in n.outputs)
+        if producer.kind != "Cast":
+            return f"output of {producer.name}"
+        t = producer.inputs[0]
 
 
 def _resolve(net, path: Optional[str]):
