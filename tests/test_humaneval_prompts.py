@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from codegeex_ms.humaneval.assembly import assemble_program
+from codegeex_ms.humaneval.assembly import (assemble_program, cpp_test_unit, go_test_file,
+                                            rust_harness_crate, rust_sample_crate)
 from codegeex_ms.humaneval.jsonl import JsonlWriter, read_records
 from codegeex_ms.humaneval.languages import LANGUAGES, get_language, parse_language_list
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
@@ -115,19 +116,22 @@ def test_translation_prompt(problems):
 def test_assembly_python_cpp_java_js(problems):
     p = problems["python"]["Python/0"]
     prog = assemble_program("python", p, p["prompt"], "    return False\n")
-    assert prog.startswith("import math\n") and "import numpy\n" in prog
-    assert p["prompt"] + "    return False\n\n" + p["test"] in prog
+    assert prog.language == "python" and prog.problem is p
+    src = prog.source                      # the sample's own unit; the runner adds the tests
+    assert src.startswith("import math\n") and "import numpy\n" in src
+    assert src.endswith(p["prompt"] + "    return False\n\n") and p["test"] not in src
     c = problems["cpp"]["CPP/0"]
-    prog = assemble_program("cpp", c, c["prompt"], "X")
-    assert "#include<algorithm>\n" in prog and "#include<vector>\n" not in prog.split(c["prompt"])[0]
+    src = assemble_program("cpp", c, c["prompt"], "X").source
+    assert "#include<algorithm>\n" in src and "#include<vector>\n" not in src.split(c["prompt"])[0]
+    assert "int main" not in src and "int codegeex_tests()" in cpp_test_unit(c)
     j = problems["java"]["Java/0"]
-    assert assemble_program("java", j, j["prompt"], "X") == j["prompt"] + "X\n" + j["test"]
+    assert assemble_program("java", j, j["prompt"], "X").source == j["prompt"] + "X"
 
 
 def test_go_imports_follow_usage(problems):
     g = problems["go"]["Go/0"]      # prompt imports "math"; the test setup imports testing/assert
     body = "    return math.Abs(strings.Count(\"fmt.x\", \"a\")) > 0 // sort.Ints\n}\n"
-    prog = assemble_program("go", g, code_prefix(g, "go"), body)
+    prog = go_test_file(g, assemble_program("go", g, code_prefix(g, "go"), body).source)
     assert prog.startswith(g["test_setup"])
     block = prog[len(g["test_setup"]):].split(")\n", 1)[0]
     assert '"math"' in block and '"strings"' in block
@@ -135,14 +139,18 @@ def test_go_imports_follow_usage(problems):
     assert g["import"] not in prog                          # the prompt's own block is replaced
     # test setups that import math already must not import it twice
     g2 = next(p for p in problems["go"].values() if '"math"' in p["test_setup"])
-    prog = assemble_program("go", g2, code_prefix(g2, "go"), "    return math.Sqrt(2)\n}\n")
+    prog = go_test_file(g2, assemble_program("go", g2, code_prefix(g2, "go"),
+                                              "    return math.Sqrt(2)\n}\n").source)
     assert prog.count('"math"') == 1
 
 
-def test_assembly_rust_is_a_test_crate(problems):
+def test_assembly_rust_sample_and_harness_crates(problems):
     r = problems["rust"]["Rust/0"]
-    prog = assemble_program("rust", r, code_prefix(r, "rust"), "X")
-    assert prog.startswith("fn main() {}\n") and prog.endswith(r["test"])
+    sample = rust_sample_crate(r, assemble_program("rust", r, code_prefix(r, "rust"), "X").source)
+    assert "pub fn has_close_elements(" in sample and sample.endswith("X")
+    harness = rust_harness_crate(r)        # tests call the std macros by path, via a forwarder
+    assert "::std::assert_eq!(has_close_elements(" in harness
+    assert "::sample::has_close_elements(numbers, threshold)" in harness
 
 
 def test_jsonl_resume_after_torn_write(tmp_path):

@@ -1,4 +1,5 @@
-"""What every language runner provides: toolchain setup, files to write, steps to run."""
+"""What every language runner provides: toolchain setup, files to write, steps to run, and the
+verdict (see ``humaneval.assembly`` for the threat model the verdicts are built against)."""
 
 import os
 import shutil
@@ -6,6 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..assembly import Program, marker_line, new_nonce
 from ..sandbox import Limits, RunResult
 
 _MIB = 1 << 20
@@ -35,17 +37,24 @@ class StepLimits:
                              max_output_bytes=4 * _MIB, max_file_bytes=512 * _MIB)
 
 
+@dataclass(frozen=True)
+class Check:
+    """What the run of one sample must show to pass: the marker line with ``nonce`` on stdout
+    (``expected_tests``: test names a runner also requires its framework to report passed)."""
+
+    nonce: str
+    expected_tests: tuple = ()
+
+
 class Runner:
     """Base class of a language runner.
 
-    Subclasses set ``key`` (language key), ``filename`` (the program's file name) and ``probe``
-    (a complete test program that must pass when the toolchain works), and implement
-    :meth:`setup` and :meth:`steps`.
+    Subclasses set ``key`` (language key) and ``probe`` (a :class:`Program` that must pass when
+    the toolchain works), and implement :meth:`setup`, :meth:`write_files` and :meth:`steps`.
     """
 
     key = ""
-    filename = ""
-    probe = ""
+    probe: Program = None
 
     def __init__(self, limits: StepLimits, cache_dir: Path):
         self.limits = limits
@@ -60,18 +69,26 @@ class Runner:
         """Paths the sandboxed toolchain must be able to read."""
         return []
 
-    def write_files(self, workdir: Path, source: str) -> None:
-        """Write the program (and any fixed project files) into the sample directory."""
+    def write_files(self, workdir: Path, program: Program) -> Check:
+        """Write the sample and the harness's files into the sample directory; return what the
+        run must show. ``program`` must be of this runner's language."""
+        if not isinstance(program, Program) or program.language != self.key:
+            raise TypeError(f"{self.key} runner got {type(program).__name__} "
+                            f"{getattr(program, 'language', '')!r}; pass assemble_program(...)")
         (workdir / "tmp").mkdir(exist_ok=True)
-        (workdir / self.filename).write_text(source, encoding="utf-8")
+        return Check(new_nonce())
 
-    def steps(self, workdir: Path, slot, sandbox) -> list:
+    def steps(self, workdir: Path, slot, sandbox, check: Check) -> list:
         """The sandboxed commands for one sample, compile steps first, the test run last."""
         raise NotImplementedError
 
-    def passed(self, result: RunResult) -> bool:
-        """Whether the test run's result means the tests passed (exit status 0)."""
-        return result.ok
+    def verdict(self, result: RunResult, check: Check) -> tuple:
+        """(passed, reason if not): exit status 0 and the marker with this sample's nonce."""
+        if not result.ok:
+            return False, f"tests failed (exit status {result.returncode})"
+        if marker_line(check.nonce) not in result.stdout:
+            return False, "exit status 0 but the tests did not finish (no completion marker)"
+        return True, ""
 
     @staticmethod
     def base_env(workdir: Path) -> dict:

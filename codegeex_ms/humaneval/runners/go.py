@@ -1,4 +1,5 @@
-"""Go: ``go test -c`` in a module whose testify comes vendored from Debian's
+"""Go: ``go test -c`` of the sample's test file plus the harness's ``TestMain`` file, run under
+``go tool test2json`` (see the threat model in ``humaneval.assembly``), in a module whose testify comes vendored from Debian's
 ``golang-github-stretchr-testify-dev`` (offline), then run the test binary.
 
 The module file follows the official harness's ``go_evaluation/go.mod`` (module name, Go version,
@@ -9,14 +10,16 @@ Go keys cached packages by directory, and a slot always uses the same sample dir
 slot compiles the vendored testify once per run and reuses it afterwards.
 """
 
+import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from ..assembly import Program, go_harness_file, go_test_file, go_test_names
 from ..problems import humaneval_dir
-from .base import (Runner, Step, ToolchainMissing, command_output, make_world_readable,
+from .base import (Check, Runner, Step, ToolchainMissing, command_output, make_world_readable,
                    require_executable)
 
 # Vendored modules -> the packages of each that testify/assert needs.
@@ -53,13 +56,16 @@ def vendored_module_files(go_mod_text: str) -> tuple:
 
 
 BUILD = ["test", "-c", "-o", "main.test"]
+_PROBE_PROBLEM = {"task_id": "Go/probe", "import": "",
+                  "test_setup": 'package main\n\nimport (\n    "testing"\n'
+                                '    "github.com/stretchr/testify/assert"\n)\n',
+                  "test": "func TestProbe(t *testing.T) {\n    assert := assert.New(t)\n"
+                          "    assert.Equal(2, Add(1, 1))\n}\n"}
 
 
 class GoRunner(Runner):
     key = "go"
-    filename = "main_test.go"
-    probe = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
-             "func TestProbe(t *testing.T) {\n    assert.Equal(t, 2, 1+1)\n}\n")
+    probe = Program("go", "func Add(a int, b int) int {\n    return a + b\n}\n", _PROBE_PROBLEM)
 
     @property
     def module_dir(self) -> Path:
@@ -105,10 +111,16 @@ class GoRunner(Runner):
                 "GOPROXY": "off", "GOSUMDB": "off", "GOTOOLCHAIN": "local", "GO111MODULE": "on",
                 "CGO_ENABLED": "0", "GOPATH": str(workdir / "gopath"), "GOROOT": str(self.goroot)}
 
-    def write_files(self, workdir: Path, source: str) -> None:
-        super().write_files(workdir, source)
+    def write_files(self, workdir: Path, program: Program) -> Check:
+        check = super().write_files(workdir, program)
+        check = Check(check.nonce, tuple(go_test_names(program.problem)))
+        (workdir / "main_test.go").write_text(go_test_file(program.problem, program.source),
+                                              encoding="utf-8")
+        (workdir / "codegeex_harness_test.go").write_text(go_harness_file(check.nonce),
+                                                          encoding="utf-8")
         shutil.copy(self.module_dir / "go.mod", workdir / "go.mod")
         (workdir / "vendor").symlink_to(self.module_dir / "vendor")
+        return check
 
     def _warm_cache(self) -> None:
         """Compile testify once (trusted code, outside the sandbox) into the shared cache."""
@@ -117,7 +129,7 @@ class GoRunner(Runner):
         with tempfile.TemporaryDirectory() as work:
             work = Path(work)
             self.write_files(work, self.probe)
-            command_output([str(self.go), *BUILD, self.filename],
+            command_output([str(self.go), *BUILD],
                            cwd=work, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                           **self._env(work, tmp_cache)})
         make_world_readable(tmp_cache)
@@ -129,12 +141,35 @@ class GoRunner(Runner):
     def visible(self) -> list:
         return [self.module_dir, self.warm_cache, self.goroot]
 
-    def steps(self, workdir, slot, sandbox) -> list:
+    def steps(self, workdir, slot, sandbox, check) -> list:
         gocache = workdir.parent / f"gocache-{slot.index}"
         if not gocache.is_dir():
             shutil.copytree(self.warm_cache, gocache)
             sandbox.give(gocache, slot)
         env = self._env(workdir, gocache)
-        return [Step("compile", [str(self.go), *BUILD, self.filename],
-                     self.limits.compile, env, writable=(gocache,)),
-                Step("run", ["./main.test"], self.limits.run, env)]
+        return [Step("compile", [str(self.go), *BUILD], self.limits.compile, env,
+                     writable=(gocache,)),
+                Step("run", [str(self.go), "tool", "test2json", "-t", "./main.test", "-test.v"],
+                     self.limits.run, env)]
+
+    def verdict(self, result, check) -> tuple:
+        """The marker, and ``go test``'s JSON events reporting each of the problem's tests
+        passed (no event reporting a failure)."""
+        passed, why = super().verdict(result, check)
+        if not passed:
+            return passed, why
+        seen = set()
+        for line in result.stdout.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("Action") in ("pass", "fail", "skip"):
+                if event["Action"] != "pass":
+                    return False, f"go test reports {event.get('Test') or 'the package'} " \
+                                  f"{event['Action']}ed"
+                seen.add(event.get("Test"))
+        missing = [name for name in check.expected_tests if name not in seen]
+        if missing:
+            return False, f"go test reports no pass for {missing}"
+        return True, ""

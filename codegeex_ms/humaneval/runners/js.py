@@ -1,14 +1,25 @@
-"""JavaScript: ``node main.js`` with the ``js-md5`` package; output on stderr is a failure
-(``console.assert`` reports there without throwing)."""
+"""JavaScript: ``node driver.js``; the sample runs in its own V8 realm, the tests in the host
+realm (see ``js_driver.js`` and the threat model in ``humaneval.assembly``)."""
 
+import json
+from pathlib import Path
+
+from ..assembly import Program, js_harness_parts, marker_line
 from .base import Runner, Step, ToolchainMissing, command_output, require_executable
+
+DRIVER = Path(__file__).with_name("js_driver.js").read_text(encoding="utf-8")
+
+_PROBE_PROBLEM = {"task_id": "JavaScript/probe",
+                  "declaration": "const digest = (text) => {\n",
+                  "test": "const testDigest = () => {\n"
+                          "  console.assert(digest('a') === '0cc175b9c0f1b6a831c399e269772661')\n"
+                          "}\ntestDigest()\n"}
 
 
 class JsRunner(Runner):
     key = "js"
-    filename = "main.js"
-    probe = ("const md5 = require('js-md5');\n"
-             "console.assert(md5('a') === '0cc175b9c0f1b6a831c399e269772661');\n")
+    probe = Program("js", "const digest = (text) => {\n  const md5 = require('js-md5');\n"
+                          "  return md5(text);\n}\n", _PROBE_PROBLEM)
 
     @property
     def node_modules(self):
@@ -24,9 +35,17 @@ class JsRunner(Runner):
     def visible(self) -> list:
         return [self.node_modules]
 
-    def steps(self, workdir, slot, sandbox) -> list:
-        env = {**self.base_env(workdir), "NODE_PATH": str(self.node_modules)}
-        return [Step("run", [str(self.node), self.filename], self.limits.run, env)]
+    def write_files(self, workdir, program):
+        check = super().write_files(workdir, program)
+        helpers, entry = js_harness_parts(program.problem)
+        spec = {"marker": marker_line(check.nonce), "helpers": helpers, "entry": entry,
+                "test": program.problem["test"],
+                "md5": str(self.node_modules / "js-md5" / "src" / "md5.js")}
+        (workdir / "driver.js").write_text(DRIVER, encoding="utf-8")
+        (workdir / "sample.js").write_text(program.source, encoding="utf-8")
+        (workdir / "harness.json").write_text(json.dumps(spec), encoding="utf-8")
+        return check
 
-    def passed(self, result) -> bool:
-        return result.ok and not result.stderr.strip()
+    def steps(self, workdir, slot, sandbox, check) -> list:
+        return [Step("run", [str(self.node), "driver.js"], self.limits.run,
+                     self.base_env(workdir))]

@@ -1,10 +1,13 @@
-"""Rust: ``rustc --test`` against prebuilt ``rand``, ``regex`` and ``md5`` crates, then run the
-test binary.
+"""Rust: the sample is compiled alone as library crate ``sample``; then the harness crate (the
+tests in a module placed before nothing of the sample's, a ``main`` that runs them and prints the
+marker, the nonce given through the environment of that compile step only) is compiled against
+it, and run. See the threat model in ``humaneval.assembly``. Both link prebuilt ``rand``,
+``regex`` and ``md5`` crates.
 
 The crates come from Debian's ``librust-*-dev`` packages (a Cargo directory source at
 ``/usr/share/cargo/registry``). They are built once with cargo, offline, into the evaluation
-cache (keyed by the rustc version); each sample is then one ``rustc`` call linking them, which is
-what ``cargo test`` would do, without Cargo's build-directory lock serialising the workers.
+cache (keyed by the rustc version); each sample is then two ``rustc`` calls linking them, without Cargo's build-directory lock
+serialising the workers.
 """
 
 import hashlib
@@ -15,6 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..assembly import Program, rust_harness_crate, rust_sample_crate
 from .base import (Runner, Step, ToolchainMissing, command_output, make_world_readable,
                    require_executable)
 
@@ -25,15 +29,21 @@ INSTALL_HINT = ("apt-get install cargo librust-rand-dev 'librust-regex+default-d
 EDITION = "2021"
 
 
+_PROBE_DECLARATION = ("use rand::Rng;\nuse regex::Regex;\nuse md5;\n\n"
+                      "fn probe(text: &str) -> String{\n")
+_PROBE_PROBLEM = {"task_id": "Rust/probe", "declaration": _PROBE_DECLARATION,
+                  "test": "#[cfg(test)]\nmod tests {\n    use super::*;\n\n    #[test]\n"
+                          "    fn test_probe() {\n"
+                          "        assert_eq!(probe(\"a\"), \"0cc175b9c0f1b6a831c399e269772661\");\n"
+                          "    }\n}\n"}
+
+
 class RustRunner(Runner):
     key = "rust"
-    filename = "main.rs"
-    probe = ("use rand::Rng;\nuse regex::Regex;\nfn main() {}\n#[cfg(test)]\nmod tests {\n"
-             "    use super::*;\n    #[test]\n    fn probe() {\n"
-             "        assert!(Regex::new(\"a+b\").unwrap().is_match(\"xaab\"));\n"
-             "        assert_eq!(format!(\"{:x}\", md5::compute(b\"a\")), "
-             "\"0cc175b9c0f1b6a831c399e269772661\");\n"
-             "        assert!(rand::thread_rng().gen_range(0..3) < 3);\n    }\n}\n")
+    probe = Program("rust", _PROBE_DECLARATION +
+                    "    assert!(Regex::new(\"a+b\").unwrap().is_match(\"xaab\"));\n"
+                    "    assert!(rand::thread_rng().gen_range(0..3) < 3);\n"
+                    "    format!(\"{:x}\", md5::compute(text.as_bytes()))\n}\n", _PROBE_PROBLEM)
 
     def setup(self) -> None:
         proxy = require_executable("rustc", INSTALL_HINT)
@@ -87,12 +97,23 @@ class RustRunner(Runner):
     def visible(self) -> list:
         return [self.sysroot, self.deps_root]
 
-    def steps(self, workdir, slot, sandbox) -> list:
+    def write_files(self, workdir, program):
+        check = super().write_files(workdir, program)
+        (workdir / "sample.rs").write_text(rust_sample_crate(program.problem, program.source),
+                                           encoding="utf-8")
+        (workdir / "main.rs").write_text(rust_harness_crate(program.problem), encoding="utf-8")
+        return check
+
+    def steps(self, workdir, slot, sandbox, check) -> list:
         deps_dir = Path(next(iter(self.externs.values()))).parent
-        argv = [str(self.rustc), "--edition", EDITION, "--test", "--cap-lints", "allow",
-                self.filename, "-o", "main_test", "-L", f"dependency={deps_dir}"]
+        common = ["--edition", EDITION, "--cap-lints", "allow", "-L", f"dependency={deps_dir}"]
         for name, rlib in sorted(self.externs.items()):
-            argv += ["--extern", f"{name}={rlib}"]
+            common += ["--extern", f"{name}={rlib}"]
         env = self.base_env(workdir)
-        return [Step("compile", argv, self.limits.compile, env),
-                Step("run", ["./main_test"], self.limits.run, env)]
+        rustc = str(self.rustc)
+        return [Step("compile", [rustc, *common, "--crate-type", "rlib", "--crate-name", "sample",
+                                 "sample.rs", "-o", "libsample.rlib"], self.limits.compile, env),
+                Step("compile", [rustc, *common, "--crate-name", "main", "--extern",
+                                 "sample=libsample.rlib", "main.rs", "-o", "main"],
+                     self.limits.compile, {**env, "CODEGEEX_NONCE": check.nonce}),
+                Step("run", ["./main"], self.limits.run, env)]
