@@ -95,15 +95,15 @@ class Executor:
             workdir = self.workspace / f"slot-{slot.index}"
             workdir.mkdir()
             try:
-                runner.write_files(workdir, source)
+                check = runner.write_files(workdir, source)
                 self.sandbox.give(workdir, slot)
-                return self._run_steps(runner, workdir, slot, start)
+                return self._run_steps(runner, workdir, slot, start, check)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run_steps(self, runner, workdir, slot, start) -> Outcome:
+    def _run_steps(self, runner, workdir, slot, start, check) -> Outcome:
         visible = runner.visible()
-        for step in runner.steps(workdir, slot, self.sandbox):
+        for step in runner.steps(workdir, slot, self.sandbox, check):
             result = self.sandbox.run(step.argv, cwd=workdir, limits=step.limits, slot=slot,
                                       env=step.env, visible=visible, writable=step.writable)
             detail = (result.stderr + result.stdout)[-_DETAIL_CHARS:]
@@ -116,9 +116,10 @@ class Executor:
             if step.name == "compile" and not result.ok:
                 return Outcome(COMPILE_ERROR, detail, time.monotonic() - start)
             if step.name == "run":
-                status = PASSED if runner.passed(result) else FAILED
-                if status == FAILED and not detail:
-                    detail = f"exit status {result.returncode}"
+                passed, why = runner.verdict(result, check)  # the harness decides, see assembly
+                status = PASSED if passed else FAILED
+                if status == FAILED:
+                    detail = f"{why}\n{detail}" if detail else why
                 return Outcome(status, detail, time.monotonic() - start)
         raise AssertionError(f"{runner.key} runner has no run step")
 
