@@ -10,6 +10,8 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
+from codegeex_ms.ops.w8a16 import w8a16_matmul
+
 DTYPE = {"float16": ms.float16, "float32": ms.float32}
 
 
@@ -25,10 +27,15 @@ class Linear(nn.Cell):
     FP32 rounding (relative ~1e-7, far below the quantization error of ~scale/2 per weight) and
     saves a pass over the weight. With FP16 compute the weight is dequantized first (in FP32, then
     cast), because ``x · weightᵀ`` is 1/scale (~10³) times larger than ``y`` and could overflow FP16.
+
+    On CPU, unsharded INT8 layers use the fused W8A16 kernel (``codegeex_ms.ops.w8a16``, chosen by
+    ``fused``: auto | on | off): the int8 weight is widened in registers, never cast to a float
+    copy, and the scale applied to the FP32 sum (one rounding to the compute dtype). It has no
+    backward, so it serves inference; sharding a layer switches it back to the built-in operators.
     """
 
     def __init__(self, in_features, out_features, compute_dtype="float32", param_dtype="float32",
-                 init_std=0.02, weight_quant="none"):
+                 init_std=0.02, weight_quant="none", fused="auto"):
         super().__init__()
         if weight_quant not in ("none", "int8"):
             raise ValueError(f"weight_quant={weight_quant!r}: must be 'none' or 'int8'")
@@ -41,9 +48,11 @@ class Linear(nn.Cell):
             self.weight_scale = Parameter(initializer(Zero(), [out_features], ms.float32),
                                           name="weight_scale", requires_grad=False)
             self.scale_mul = ops.Mul()
+            self.fused_matmul = w8a16_matmul(fused)
         else:
             self.weight = Parameter(initializer(Normal(init_std), [out_features, in_features],
                                                 DTYPE[param_dtype]), name="weight")
+            self.fused_matmul = None
         self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[param_dtype]), name="bias")
         self.compute_dtype = DTYPE[compute_dtype]
         self.matmul = ops.MatMul(transpose_b=True)
@@ -56,6 +65,7 @@ class Linear(nn.Cell):
         self.matmul.shard(((dp, 1), (mp, 1)))
         self.bias_add.shard(((dp, mp), (mp,)))
         self.split = {"weight": (mp, 1), "bias": (mp,)}
+        self.fused_matmul = None  # the custom kernel has no shard strategy
         if self.quantized:
             self.scale_mul.shard(((dp, mp), (mp,)) if self.fold_scale else ((mp, 1), (mp, 1)))
             self.split["weight_scale"] = (mp,)
@@ -66,6 +76,7 @@ class Linear(nn.Cell):
         self.matmul.shard(((dp, mp), (1, mp)))
         self.bias_add.shard(((dp, 1), (1,)))
         self.split = {"weight": (1, mp), "bias": (1,)}
+        self.fused_matmul = None  # the custom kernel has no shard strategy
         if self.quantized:
             self.scale_mul.shard(((dp, 1), (1,)) if self.fold_scale else ((1, mp), (1, 1)))
             self.split["weight_scale"] = (1,)
@@ -84,7 +95,9 @@ class Linear(nn.Cell):
     def construct(self, x):
         out_shape = x.shape[:-1] + (self.out_features,)
         x = self.reshape(self.cast(x, self.compute_dtype), (-1, self.in_features))
-        if self.fold_scale:
+        if self.fused_matmul is not None:
+            y = self.fused_matmul(x, self.weight, self.weight_scale)
+        elif self.fold_scale:
             y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
             y = self.scale_mul(y, self.weight_scale)
         elif self.quantized:

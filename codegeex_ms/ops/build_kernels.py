@@ -36,6 +36,8 @@ def build_all(targets) -> dict:
     for target in targets:
         # The Ascend package holds every kernel: one entry for all of them.
         kernels = ["fast_gelu"] if target == "Ascend" else list(kernel_build.KERNELS)
+        if target == "CPU":
+            kernels += list(kernel_build.CPU_ONLY_KERNELS)
         for kernel in kernels:
             name = "Ascend/all kernels" if target == "Ascend" else f"{target}/{kernel}"
             try:

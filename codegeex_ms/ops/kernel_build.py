@@ -30,6 +30,9 @@ from codegeex_ms.paths import REPO_ROOT
 KERNEL_SOURCE_DIR = REPO_ROOT / "kernels"
 KERNELS = {"fast_gelu": "fast_gelu", "masked_softmax": "softmax"}
 """Kernel name → its directory under ``kernels/``."""
+CPU_ONLY_KERNELS = {"w8a16_matmul": "w8a16"}
+"""Kernels with a CPU library only (no CUDA / Ascend C sources), e.g. the inference-only W8A16
+matmul; ``locate`` reports them unavailable on the other targets."""
 TARGETS = ("CPU", "GPU", "Ascend")
 ASCEND_VENDOR = "codegeex_ms"
 BUILD_TIMEOUT_S = 1800
@@ -50,9 +53,10 @@ def cache_dir() -> Path:
 
 def _sources(kernel: str, sub: str, suffixes) -> list:
     """Source files of ``kernel`` under ``sub`` (plus the shared ``kernels/common/<sub>``)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS)}")
-    dirs = [KERNEL_SOURCE_DIR / KERNELS[kernel] / sub, KERNEL_SOURCE_DIR / "common" / sub]
+    directory = {**KERNELS, **CPU_ONLY_KERNELS}.get(kernel)
+    if directory is None:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS) + sorted(CPU_ONLY_KERNELS)}")
+    dirs = [KERNEL_SOURCE_DIR / directory / sub, KERNEL_SOURCE_DIR / "common" / sub]
     files = sorted(p for d in dirs if d.is_dir() for p in d.rglob("*") if p.suffix in suffixes)
     if not files:
         raise KernelUnavailable(f"no {sub} sources for {kernel} under {KERNEL_SOURCE_DIR}")
@@ -315,8 +319,10 @@ def locate(kernel: str, target: str) -> str:
     ``KernelUnavailable``) is remembered for the rest of the process."""
     if target not in TARGETS:
         raise KernelUnavailable(f"no fused kernels for device target {target!r}")
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS)}")
+    if kernel in CPU_ONLY_KERNELS and target != "CPU":
+        raise KernelUnavailable(f"the {kernel} kernel exists for CPU only, not for {target}")
+    if kernel not in KERNELS and kernel not in CPU_ONLY_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS) + sorted(CPU_ONLY_KERNELS)}")
     key = (kernel, target)
     if key not in _RESULTS:
         try:
