@@ -1,0 +1,130 @@
+"""The fused W8A16 CPU matmul (kernels/w8a16/cpu) against NumPy float64, directly and inside the
+INT8 Linear / network.
+
+Error budget (FP32 accumulation of K products, then one multiply by the scale): the exact
+product x·q is representable (int8 widens exactly; x·q has ≤ 24 + 8 bits but is rounded once
+per FMA), so |y − ref| ≤ γ_K · Σ_k |x_k q_k| · s with γ_K ≈ K · 2⁻²⁴ for any summation order
+(blocked/vectorised orders only lower it), plus 2⁻²⁴|ref| for the scale multiply. FP16 outputs
+add one FP16 rounding, 2⁻¹¹ |ref|. The tests use these bounds, each ×2 for slack.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from codegeex_ms.config import load_config
+from codegeex_ms.model.build import build_model
+from codegeex_ms.model.layers import Linear
+from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.model.quant import quantize_rows
+from codegeex_ms.ops import kernel_build
+from codegeex_ms.ops.kernel_build import call_aot
+from codegeex_ms.ops.w8a16 import w8a16_matmul
+from codegeex_ms.quantize import quantize_into
+
+RNG = np.random.default_rng(99)
+SHAPES = [(1, 1, 1), (1, 7, 3), (2, 33, 5), (3, 64, 9), (4, 17, 2), (5, 2051, 7), (1, 4099, 13),
+          (7, 8, 1), (130, 40, 11), (6, 300, 4)]  # M, K, N: every tile and tail, K past one block
+
+
+def case(m, k, n, dtype):
+    x = RNG.standard_normal((m, k)).astype(dtype)
+    q = RNG.integers(-127, 128, (n, k), dtype=np.int8)
+    scale = (RNG.random(n) * 0.02).astype(np.float32)
+    return x, q, scale
+
+
+def bound(x, q, scale, out_dtype):
+    """Per-element error bound of the module docstring (×2 slack)."""
+    k = x.shape[1]
+    ref = (x.astype(np.float64) @ q.T.astype(np.float64)) * scale
+    mag = (np.abs(x.astype(np.float64)) @ np.abs(q.T.astype(np.float64))) * scale
+    tol = (k + 1) * 2.0 ** -24 * mag
+    if out_dtype == np.float16:
+        tol = tol + 2.0 ** -11 * np.abs(ref) + 2.0 ** -24
+    return ref, 2 * tol
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return kernel_build.locate("w8a16_matmul", "CPU")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_kernel_matches_numpy_on_odd_shapes(lib, m, k, n, dtype):
+    x, q, scale = case(m, k, n, dtype)
+    y = np.full((m, n), np.nan, dtype)
+    assert call_aot(lib, "W8A16MatMul", [x, q, scale, y]) == 0
+    ref, tol = bound(x, q, scale, dtype)
+    assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
+
+
+def test_kernel_rejects_bad_arguments(lib):
+    x, q, scale = case(2, 8, 3, np.float32)
+    y = np.empty((2, 3), np.float32)
+    assert call_aot(lib, "W8A16MatMul", [x, q, scale]) == 1                                         # arity
+    assert call_aot(lib, "W8A16MatMul", [x, q.astype(np.float32), scale, y]) == 2                   # int8 w
+    assert call_aot(lib, "W8A16MatMul", [x, q, scale.astype(np.float16), y]) == 2                   # f32 scale
+    assert call_aot(lib, "W8A16MatMul", [x, q, scale, np.empty((2, 3), np.float16)]) == 2       # y dtype = x's
+    assert call_aot(lib, "W8A16MatMul", [x[:, :7].copy(), q, scale, y]) == 3                        # K differs
+    assert call_aot(lib, "W8A16MatMul", [x, q, scale[:2].copy(), y]) == 3                          # scale rows
+    assert call_aot(lib, "W8A16MatMul", [x, q, scale, np.empty((2, 4), np.float32)]) == 3           # y shape
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "float16"])
+def test_int8_linear_uses_the_kernel_and_matches_numpy(compute_dtype):
+    """The INT8 Linear on CPU runs the fused kernel (its weight stays an int8 Parameter) and
+    equals x · (q·s)ᵀ + b within the kernel's bound plus the bias add's rounding."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    layer = Linear(37, 21, compute_dtype, "float32", weight_quant="int8", fused="on")
+    assert layer.fused_matmul is not None and layer.weight.dtype == ms.int8
+    q, scale = quantize_rows(0.05 * RNG.standard_normal((21, 37)))
+    bias = (0.1 * RNG.standard_normal(21)).astype(np.float32)
+    layer.weight.set_data(ms.Tensor(q))
+    layer.weight_scale.set_data(ms.Tensor(scale))
+    layer.bias.set_data(ms.Tensor(bias))
+    x = RNG.standard_normal((2, 3, 37)).astype(compute_dtype)
+    y = layer(ms.Tensor(x)).asnumpy()
+    assert y.shape == (2, 3, 21) and y.dtype == np.dtype(compute_dtype)
+    ref, tol = bound(x.reshape(6, 37), q, scale, np.dtype(compute_dtype).type)
+    ref = ref + bias.astype(np.dtype(compute_dtype)).astype(np.float64)
+    # the bias add rounds once more in the compute dtype
+    tol = tol + (2.0 ** -11 if compute_dtype == "float16" else 2.0 ** -23) * np.abs(ref)
+    assert (np.abs(y.reshape(6, 21) - ref) <= tol).all()
+
+
+def test_shard_switches_the_layer_to_builtin_operators():
+    layer = Linear(8, 4, weight_quant="int8", fused="on")
+    assert layer.fused_matmul is not None
+    layer.shard_column(1, 2)
+    assert layer.fused_matmul is None
+
+
+def test_fused_off_and_non_cpu_targets_get_no_kernel():
+    assert w8a16_matmul("off") is None
+    with pytest.raises(kernel_build.KernelUnavailable, match="CPU only"):
+        kernel_build.locate("w8a16_matmul", "GPU")
+
+
+def test_int8_network_logits_equal_with_and_without_the_kernel():
+    """A small INT8 CodeGeeX (FP32 compute): fused and built-in paths compute the same
+    x · qᵀ · s + b per layer, differing only by FP32 summation order (relative ~1e-6); the logits
+    agree to 1e-4 of their spread over 3 layers."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    cfg = load_config("ascend_configs/tiny.yaml").model
+    cfg = dataclasses.replace(cfg, weight_quant="int8", dropout=0.0, compute_dtype="float32")
+    float_net = build_model(dataclasses.replace(cfg, weight_quant="none", fused_kernels="off"))
+    nets = {}
+    for fused in ("on", "off"):
+        net = build_model(dataclasses.replace(cfg, fused_kernels=fused), allocate=False)
+        quantize_into(net, ((n, p.asnumpy()) for n, p in float_net.parameters_and_names()))
+        net.set_train(False)
+        nets[fused] = net
+    ids = RNG.integers(0, cfg.vocab_size, (2, 9)).astype(np.int32)
+    args = (ms.Tensor(ids), ms.Tensor(positions(2, 9)), ms.Tensor(causal_mask(2, 9)))
+    on, off = (nets[f](*args).asnumpy().astype(np.float64) for f in ("on", "off"))
+    assert np.abs(on - off).max() <= 1e-4 * (off.max() - off.min())
