@@ -504,10 +504,10 @@ class AdamW:
     clip_norm: float
 
 
-def _opt_range(name, shape, splits, mesh, rank, opt_size):
-    """Rows of the local (mp) slice's first dimension that ``rank`` updates under the parallel
-    optimizer (strategy_file.layout_of's rule: holders cut into groups of ``opt_size``
-    consecutive members)."""
+def optimizer_rows(name, shape, splits, mesh, rank, opt_size) -> slice:
+    """Rows of the local (mp) slice's first dimension (``shape`` is the local slice's) that
+    ``rank`` updates under the parallel optimizer (strategy_file.layout_of's rule: the holders of
+    a slice cut into groups of ``opt_size`` consecutive members)."""
     if opt_size <= 1:
         return slice(None)
     axis = _split_axis(name, splits, mesh.mp)
@@ -533,7 +533,7 @@ def optimizer_step(mesh: Mesh, params: Dict[int, dict], grads: Dict[int, dict],
     AllGather before the next forward). Moments start at zero unless ``moments`` (``{rank: {name: (m, v)}}``) is given.
     """
     names = list(params[0])
-    shard = {r: {n: grads[r][n][_opt_range(n, grads[r][n].shape, splits[n], mesh, r,
+    shard = {r: {n: grads[r][n][optimizer_rows(n, grads[r][n].shape, splits[n], mesh, r,
                                            opt_sizes.get(n, 0))] / scale for n in names}
              for r in params}
     local_overflow = {r: np.asarray(float(not all(np.isfinite(g).all() for g in shard[r].values())))
@@ -557,7 +557,7 @@ def optimizer_step(mesh: Mesh, params: Dict[int, dict], grads: Dict[int, dict],
         factor = hp.clip_norm / max(norm[r], hp.clip_norm)
         new[r], m_out[r], v_out[r] = {}, {}, {}
         for n in names:
-            rows = _opt_range(n, grads[r][n].shape, splits[n], mesh, r, opt_sizes.get(n, 0))
+            rows = optimizer_rows(n, grads[r][n].shape, splits[n], mesh, r, opt_sizes.get(n, 0))
             p = params[r][n][rows]
             m0, v0 = (moments[r][n] if moments else (np.zeros_like(p), np.zeros_like(p)))
             m, v = m0, v0
