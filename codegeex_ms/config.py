@@ -144,6 +144,26 @@ class InferenceConfig:
     max_length: int = 0               # prompt + new tokens limit; 0 = model.max_position_embeddings
 
 
+LORA_TARGETS = ("query", "key", "value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+LORA_INITS = ("kaiming", "gaussian")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on the decoder's linear layers (``codegeex_ms.lora``); rank 0 = off.
+
+    With ``rank > 0`` training freezes the base loaded from ``train.init_weights`` (FP16, FP32 or
+    INT8) and trains only the FP32 adapters ``W + (alpha / rank) · B · A``.
+    """
+
+    rank: int = 0                     # r; 0 = no adapters (full training)
+    alpha: float = 16.0               # the update is scaled by alpha / rank
+    dropout: float = 0.05             # on the adapter's input only
+    targets: list = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    top_query: bool = True            # also adapt the top-query layer's linears
+    init: str = "kaiming"             # A: kaiming (uniform, a=sqrt(5)) | gaussian (N(0, 1/r)); B = 0
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,6 +172,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -368,6 +389,18 @@ def validate(cfg: Config) -> None:
     _require(t.dropout_rng in ("auto", "stateless", "native"), "train.dropout_rng",
              "must be auto, stateless or native")
     _require(t.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = measure)")
+
+    lo = cfg.lora
+    _require(lo.rank >= 0, "lora.rank", "must be >= 0 (0 = no adapters)")
+    _require(lo.alpha > 0, "lora.alpha", "must be positive")
+    _require(0.0 <= lo.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+    _require(lo.init in LORA_INITS, "lora.init", f"must be one of {LORA_INITS}")
+    bad = [x for x in lo.targets if x not in LORA_TARGETS]
+    _require(not bad and len(set(lo.targets)) == len(lo.targets), "lora.targets",
+             f"must be distinct names among {', '.join(LORA_TARGETS)} (got {lo.targets})")
+    _require(lo.rank == 0 or lo.targets, "lora.targets", "must name at least one layer when lora.rank > 0")
+    _require(lo.rank <= min(m.hidden_size, m.ffn_hidden_size), "lora.rank",
+             f"must not exceed model.hidden_size ({m.hidden_size})")
 
     inf = cfg.inference
     _require(0 <= inf.max_length <= m.max_position_embeddings, "inference.max_length",
