@@ -131,3 +131,22 @@ def test_cli_prints_fit_and_writes_json(tmp_path, capsys):
 def test_cli_rejects_bad_config(capsys):
     assert plan_cli.main(["--config", "pretrain_13b_1536npu", "--set", "parallel.model_parallel=3"]) == 2
     assert "parallel.model_parallel" in capsys.readouterr().err
+
+
+def test_1536_npu_communication_per_step_by_hand(plan_1536):
+    """The shard plan validates with no problem and its collectives per step match the layer count."""
+    comm = plan_1536["communication"]
+    assert comm["problems"] == []
+    rows = {(r["phase"], r["kind"], r["group"]): (r["count"], r["bytes"]) for r in comm["rows"]}
+    ring8 = lambda n: 2 * 7 * n // 8          # AllReduce over the 8 model-parallel devices
+    act = B * S * H * 2                         # one FP16 [b·s, h] slice
+    # Forward: 2 row-parallel outputs per layer, the word-embedding lookup (FP32 table rows), and
+    # the loss's max, sum of exp and picked logit ([b·s, 1] FP32).
+    assert rows[("forward", "AllReduce", MP)] == (2 * L + 1 + 3, 2 * L * ring8(act) + ring8(B * S * H * 4)
+                                                  + 3 * ring8(B * S * 4))
+    assert rows[("recompute", "AllReduce", MP)] == (2 * L, 2 * L * ring8(act))
+    # Backward: input gradients of q, k, v and dense_h_to_4h in every layer, and of the head.
+    assert rows[("backward", "AllReduce", MP)] == (4 * L + 1, (4 * L + 1) * ring8(act))
+    # Every tensor is optimizer-sharded in groups of 64: reduce-scatter its FP32 gradient slice.
+    assert rows[("gradients", "ReduceScatter", 64)][0] == 3 + 40 * 16 + 2
+    assert "communication per step and device" in plan_cli.format_plan(plan_1536)
