@@ -100,8 +100,9 @@ def format_communication(comm: dict) -> list:
     total = 0
     for row in comm["rows"]:
         total += row["bytes"]
-        out.append(f"  {PHASE_LABEL[row['phase']]:40s} {row['kind']:13s} over {row['group']:5d}: "
+        out.append(f"  {PHASE_LABEL[row['phase']]:42s} {row['kind']:13s} over {row['group']:5d}: "
                    f"{row['count']:5d} calls, {row['bytes'] / 1e9:9.3f} GB")
-    out.append(f"  {'total':40s} {'':13s} {'':10s} {'':8s}   {total / 1e9:9.3f} GB")
+    out.append(f"  {'total':42s} {'':13s} {'':10s} {'':8s}   {total / 1e9:9.3f} GB")
+    out += [f"  redistribution outside the layers: {r}" for r in comm["redistributions"]]
     out += [f"  problem: {p}" for p in comm["problems"]]
     return out
