@@ -16,6 +16,7 @@ with a message, ...) or print ``error: ...`` itself and return 2.
 """
 
 import argparse
+import dataclasses
 import errno
 import sys
 import traceback
@@ -71,6 +72,26 @@ def add_io_args(parser, input_help: str, output_help: str, required: bool = True
 def add_quiet_arg(parser, help_text: str = "no progress bars or progress messages") -> None:
     """``--quiet``."""
     parser.add_argument("--quiet", action="store_true", help=help_text)
+
+
+def config_for_checkpoint(args, checkpoint):
+    """The config of ``--config``/``--set`` with the model sizes of ``checkpoint`` wherever the
+    config does not set them (a conflicting setting is a ConfigError naming both values); see
+    :mod:`codegeex_ms.checkpoint.model_sizes`."""
+    # pylint: disable=import-outside-toplevel
+    from codegeex_ms.checkpoint.model_sizes import apply_checkpoint_sizes
+    from codegeex_ms.config import ConfigError, config_from_args, config_from_dict, explicit_keys
+    cfg = config_from_args(args)
+    explicit = explicit_keys(args)
+    model = apply_checkpoint_sizes(cfg.model, explicit, checkpoint)
+    try:
+        return config_from_dict({**cfg.to_dict(), "model": dataclasses.asdict(model)})
+    except ConfigError as err:
+        hints = [f"{checkpoint} does not record model.{key}: set it with --set model.{key}=N"
+                 for key in ("num_heads", "eod_token_id", "real_vocab_size")
+                 if f"model.{key}" not in explicit and any(p.startswith(f"model.{key}:")
+                                                           for p in err.problems)]
+        raise ConfigError(err.problems + hints) from None
 
 
 def classify(exc: BaseException) -> tuple:

@@ -430,14 +430,29 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> 
                         help="override one config key, e.g. --set model.num_layers=2 (repeatable)")
 
 
+def _config_path(name: Optional[str]) -> Optional[str]:
+    """The file ``--config name`` means: a path, or a name in ``ascend_configs/``."""
+    if not name or Path(name).is_file():
+        return name
+    found = [c for c in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml") if c.is_file()]
+    if not found:
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"--config {name}: no such file, nor {Path(name).stem}.yaml in "
+                          f"{CONFIG_DIR.name}/; give a path or one of: {names}")
+    return str(found[0])
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Load the config named by ``--config`` with ``--set`` overrides applied."""
-    path = args.config
-    if path and not Path(path).is_file():
-        found = [c for c in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml") if c.is_file()]
-        if not found:
-            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-            raise ConfigError(f"--config {path}: no such file, nor {Path(path).stem}.yaml in "
-                              f"{CONFIG_DIR.name}/; give a path or one of: {names}")
-        path = str(found[0])
-    return load_config(path, tuple(args.overrides))
+    return load_config(_config_path(args.config), tuple(args.overrides))
+
+
+def explicit_keys(args: argparse.Namespace) -> set:
+    """``{"section.key"}`` set by the ``--config`` file (with its ``extends`` chain) or ``--set``,
+    as opposed to left at the built-in defaults."""
+    path = _config_path(args.config)
+    data = _read_yaml(Path(path)) if path else {}
+    for item in args.overrides:
+        _apply_override(data, item)
+    return {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict)
+            for key in values}

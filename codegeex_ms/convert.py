@@ -21,6 +21,7 @@ from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError
 from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_layout
+from .checkpoint.model_sizes import recorded_sizes, shape_sizes, sizes_metadata
 from .checkpoint.sources import open_weights
 from .checkpoint.writers import FORMATS, output_format, write_checkpoint
 
@@ -34,9 +35,11 @@ def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype
 
     ``fmt``: "ckpt", "safetensors" or "pt" (default: from the output extension). ``dtype``:
     "float16"/"float32" to cast every tensor, None to keep the stored dtypes. ``from_ms17``: force
-    (True) the MindSpore 1.7 name mapping; None detects it. ``num_heads`` (default: the input's
-    ``num_attention_heads`` metadata, else hidden/128 when that divides) is stored as metadata
-    ``num_attention_heads`` in .ckpt/.safetensors outputs.
+    (True) the MindSpore 1.7 name mapping; None detects it.
+    .ckpt/.safetensors outputs record the model (see ``checkpoint.model_sizes``): the sizes seen
+    in the shapes, what the input's metadata records (real vocabulary, EOD id) and the number of
+    heads: ``num_heads``, else the input's metadata, else 40 for CodeGeeX-13B; if none of these
+    tells it, ValueError asks for ``num_heads`` (a .pt output has no metadata and needs none).
     Raises LayoutMismatchError (all problems at once) if the input is not the release layout.
     """
     fmt = output_format(output_path, fmt)
@@ -46,15 +49,17 @@ def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype
         raise ValueError(f"input and output are the same file ({output_path}); choose another output path.")
     with open_weights(input_path, from_ms17) as weights:
         shapes = {name: info.shape for name, info in weights.infos.items()}
-        if num_heads is None and weights.metadata.get("num_attention_heads", "").isdigit():
-            num_heads = int(weights.metadata["num_attention_heads"])
-        sizes = infer_sizes(shapes, num_heads)
+        recorded = recorded_sizes(weights.metadata)
+        sizes = infer_sizes(shapes, num_heads or recorded.get("num_heads"))
         layout = release_layout(sizes)
         check_layout(shapes, layout, what=str(input_path))
+        if sizes.num_attention_heads is None and fmt != "pt":
+            raise ValueError(f"cannot tell the number of attention heads of {input_path} (hidden "
+                             f"size {sizes.hidden_size}; its metadata does not record it): pass "
+                             "--num-heads N")
         infos = {name: TensorInfo(shape, dtype or weights.infos[name].dtype) for name, shape in layout.items()}
-        metadata = {}
-        if sizes.num_attention_heads is not None:
-            metadata["num_attention_heads"] = str(sizes.num_attention_heads)
+        metadata = sizes_metadata({**recorded, **shape_sizes(shapes),
+                                   "num_heads": sizes.num_attention_heads})
 
         def tensors():
             for name, info in infos.items():
@@ -122,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the input uses the parameter names of the original MindSpore 1.7 training code "
                              "(backbone.*; auto-detected otherwise); optimizer moments are ignored")
     parser.add_argument("--num-heads", type=int, metavar="N",
-                        help="number of attention heads, stored as metadata in .ckpt/.safetensors "
-                             "(default: the input's metadata, else hidden size / 128, i.e. 40 for 13B)")
+                        help="number of attention heads, recorded in .ckpt/.safetensors outputs "
+                             "(default: the input's metadata, else 40 for CodeGeeX-13B; other "
+                             "inputs without it must give it)")
     cli_common.add_quiet_arg(parser, "no progress bar")
     return parser
 

@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import cli_common
-from .config import config_from_args
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.evaluation import execute_samples
 from .humaneval.generation import SamplingConfig, generate_samples
@@ -138,7 +137,8 @@ def _model_generate_fn(args):
         raise SystemExit(f"--generator model needs {', '.join(missing)}")
     from .generate import load_generator
     from .inference.sampling import SamplingParams
-    generator = load_generator(config_from_args(args), args.checkpoint, args.tokenizer_dir,
+    generator = load_generator(cli_common.config_for_checkpoint(args, args.checkpoint),
+                               args.checkpoint, args.tokenizer_dir,
                                args.mode, args.device_target)
 
     def generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed, stop_fn):

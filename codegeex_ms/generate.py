@@ -16,7 +16,6 @@ import argparse
 import sys
 
 from codegeex_ms import cli_common
-from codegeex_ms.config import config_from_args
 from codegeex_ms.inference.prompts import TASKS
 
 
@@ -126,7 +125,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = config_from_args(args)
+    cfg = cli_common.config_for_checkpoint(args, args.checkpoint)
     inf = cfg.inference
     from codegeex_ms.inference.sampling import SamplingParams
     try:

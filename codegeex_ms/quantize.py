@@ -165,11 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
-    from .config import ConfigError, config_from_args  # pylint: disable=import-outside-toplevel
+    from . import cli_common  # pylint: disable=import-outside-toplevel
+    from .config import ConfigError  # pylint: disable=import-outside-toplevel
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        model_config = config_from_args(args).model if args.config or args.overrides else None
+        model_config = (cli_common.config_for_checkpoint(args, args.input).model
+                        if args.config or args.overrides else None)
         out = quantize_checkpoint(args.input, args.output, model_config, dtype=args.dtype,
                                   progress=not args.quiet)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:

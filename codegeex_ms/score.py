@@ -15,7 +15,6 @@ import sys
 import numpy as np
 
 from codegeex_ms import cli_common
-from codegeex_ms.config import config_from_args
 
 
 def parse_args(argv=None):
@@ -78,7 +77,7 @@ def cached_logits(model, ids: np.ndarray, prefill: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = config_from_args(args)
+    cfg = cli_common.config_for_checkpoint(args, args.checkpoint)
     ids = load_input_ids(args.input_ids, cfg.model)
     if args.decode_from is not None and not 1 <= args.decode_from <= ids.shape[1]:
         raise SystemExit(f"--decode-from {args.decode_from}: must be in [1, {ids.shape[1]}]")

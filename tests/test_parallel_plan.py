@@ -364,3 +364,21 @@ def test_redistribution_volumes():
     fwd, _ = redistribution(moved, rows, 4)
     assert [(c.kind, c.group) for c in fwd] == [("AllToAll", 2)]
     assert redistribution(src, src, 4) == ((), ())
+
+
+def test_fused_kernels_carry_the_layout_mindspore_reads():
+    """With the fused kernels (ops.Custom) the plan passes because apply_shard_plan writes the
+    attributes MindSpore's CustomInfo needs; without them each Custom operator is rejected."""
+    cfg = load_config("ascend_configs/tiny_fixture.yaml", ("model.fused_kernels=on",))
+    net = CodeGeeXWithLoss(build_model(cfg.model, allocate=False))
+    plan = ParallelConfig(data_parallel=DP, model_parallel=MP)
+    apply_shard_plan(net, plan)
+    report = validate_plan(net, plan, batch=4, seq=16)
+    custom = [r for r in report.ops if r.kind == "Custom"]
+    assert len(custom) == 2 * (cfg.model.num_layers + 1)        # softmax and FastGELU per layer
+    softmax = cell(net, f"{L0}.attention.softmax.fused_softmax")
+    assert softmax.attrs["inputs_tensor_map"] == [[3, 2, -1, -1], [3, -1, -1, -1], [-1]]
+    softmax.del_prim_attr("dev_matrix_shape")
+    with pytest.raises(PlanError, match=f"{L0}.attention.softmax.fused_softmax: sharded Custom operator "
+                                        "lacks the dev_matrix_shape attribute"):
+        validate_plan(net, plan, batch=4, seq=16)

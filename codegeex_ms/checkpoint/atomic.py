@@ -25,6 +25,7 @@ from .errors import CheckpointFormatError
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "codegeex_ms.manifest/1"
 _BLOCK = 16 << 20
+_VERIFIED = {}  # resolved path -> (identity, sha256) of files this process verified
 
 
 class IntegrityError(CheckpointFormatError):
@@ -105,6 +106,8 @@ def verify_file(path, required: bool = True) -> bool:
     """
     path = Path(path)
     record = read_manifest(path)
+    if record is not None and _VERIFIED.get(str(path.resolve())) == (_identity(path), record["sha256"]):
+        return True  # verified by this process and unchanged since
     if not path.is_file():
         detail = "is missing" + (f" (its manifest {manifest_path(path).name} remains)" if record else "")
         raise IntegrityError(path, "missing", detail)
@@ -120,11 +123,22 @@ def verify_file(path, required: bool = True) -> bool:
         raise IntegrityError(path, reason, f"has {size} bytes, its manifest says {record['size']} "
                              f"({'truncated' if reason == 'truncated' else 'extended or replaced'}); "
                              "the file is damaged: re-create it or use another checkpoint")
+    identity = _identity(path)
     if file_digest(path)[1] != record["sha256"]:
         raise IntegrityError(path, "checksum", "sha256 does not match its manifest (the file is "
                              "damaged, e.g. flipped bits on disk): re-create it or use another "
                              "checkpoint")
+    _VERIFIED[str(path.resolve())] = (identity, record["sha256"])
     return True
+
+
+def _identity(path: Path):
+    """What changes when a file is rewritten or touched: (size, mtime in ns, inode)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def replace_with_manifest(tmp, path) -> Path:

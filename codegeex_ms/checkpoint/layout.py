@@ -82,7 +82,8 @@ def infer_sizes(shapes: Mapping[str, Sequence[int]], num_attention_heads: Option
 
     Vocabulary and hidden size come from the word embeddings, positions from the position
     embeddings, the FFN size from a ``dense_h_to_4h`` weight, the layer count from the highest
-    ``layers.<i>`` index. ``num_attention_heads`` defaults to hidden/128 when that divides evenly.
+    ``layers.<i>`` index. The shapes do not show the number of heads: ``num_attention_heads``
+    is kept as given, or 40 for CodeGeeX-13B's hidden size 5120, else None (unknown).
     Raises LayoutMismatchError listing the tensors needed but absent.
     """
     ffn_keys = [k for k in shapes if k.endswith(".mlp.dense_h_to_4h.weight") and k.startswith(TRANSFORMER)]
@@ -94,8 +95,8 @@ def infer_sizes(shapes: Mapping[str, Sequence[int]], num_attention_heads: Option
         raise LayoutMismatchError("the checkpoint (cannot infer the model sizes)", missing=missing)
     vocab, hidden = (int(n) for n in shapes[WORD_EMBEDDINGS])
     indices = [int(m.group(1)) for m in map(_LAYER_INDEX.match, shapes) if m]
-    if num_attention_heads is None and hidden % 128 == 0:
-        num_attention_heads = hidden // 128
+    if num_attention_heads is None and hidden == CODEGEEX_13B.hidden_size:
+        num_attention_heads = CODEGEEX_13B.num_attention_heads
     return ModelSizes(vocab_size=vocab, hidden_size=hidden, ffn_hidden_size=int(shapes[ffn_keys[0]][0]),
                       num_layers=max(indices) + 1 if indices else 0,
                       max_position_embeddings=int(shapes[POSITION_EMBEDDINGS][0]),

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from codegeex_ms import cli_common
-from codegeex_ms.config import ConfigError, config_from_args
+from codegeex_ms.config import ConfigError
 from codegeex_ms.runtime import add_runtime_args
 
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     from codegeex_ms.serve.app import create_app
     try:
-        cfg = config_from_args(args)
+        cfg = cli_common.config_for_checkpoint(args, args.checkpoint)
         ctx = build_context(args, cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

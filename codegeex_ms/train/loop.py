@@ -2,8 +2,8 @@
 
 Output directory (``train.output_dir``): ``config.yaml`` (the resolved config),
 ``checkpoints/rank_<r>/step_<8 digits>.ckpt``, ``train_log.csv`` / ``train_log.jsonl`` (rank 0),
-``loss_curve.png`` and ``model_final.ckpt`` (the trained weights with the release's names, rank 0,
-when the weights are not sharded).
+``loss_curve.png`` and ``model_final.ckpt`` (the trained weights with the release's names and the
+model's sizes as metadata, rank 0, when the weights are not sharded).
 """
 
 import logging
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import mindspore as ms
 
+from codegeex_ms.checkpoint.model_sizes import model_config_metadata
 from codegeex_ms.config import global_batch_size
 from codegeex_ms.model import CodeGeeXWithLoss
 from codegeex_ms.model.build import build_model
@@ -126,7 +127,8 @@ class _Window:
 def _save(manager, trainer, step, consumed, cfg, topology):
     meta = {"step": step, "consumed_micro_batches": consumed, "seed": cfg.train.seed,
             "rank": topology.rank, "world": topology.world, "data_rank": topology.data_rank,
-            "dropout_rng": "stateless" if trainer.dropout_key is not None else "native"}
+            "dropout_rng": "stateless" if trainer.dropout_key is not None else "native",
+            "model": model_config_metadata(cfg.model)}
     return manager.save(trainer.state, step, meta)
 
 
@@ -165,7 +167,8 @@ def _finish(out: Path, trainer, topology, log) -> dict:
         paths["plot"] = str(out / "loss_curve.png")
     if topology.mode != "semi_auto_parallel":  # sharded weights: merge with codegeex_ms.distributed_ckpt
         from codegeex_ms.checkpoint import save_weights  # pylint: disable=import-outside-toplevel
-        save_weights(out / "model_final.ckpt", trainer.model_weights())
+        save_weights(out / "model_final.ckpt", trainer.model_weights(),
+                     metadata=model_config_metadata(trainer.cfg.model))
         paths["weights"] = str(out / "model_final.ckpt")
     return paths
 
