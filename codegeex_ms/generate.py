@@ -57,18 +57,14 @@ def build_prompt(args, code: str) -> str:
 
 def language_stop_fn(language: str):
     """Stop rule of reference section 7 for the HumanEval-X languages (None for others):
-    returns ``text -> text cut at the end of the function, or None while unfinished``."""
+    ``text -> text cut at the end of the function, or None while unfinished``, which the
+    generator applies incrementally (see :class:`~codegeex_ms.humaneval.stopping.LanguageStop`)."""
     from codegeex_ms.humaneval.languages import get_language
-    from codegeex_ms.humaneval.stopping import stop_index
+    from codegeex_ms.humaneval.stopping import LanguageStop
     try:
-        key = get_language(language).key
+        return LanguageStop(get_language(language).key)
     except ValueError:
         return None
-
-    def stop(text):
-        end = stop_index(text, key)
-        return None if end is None else text[:end]
-    return stop
 
 
 def read_prompt(args) -> str:

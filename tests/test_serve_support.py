@@ -20,7 +20,6 @@ from codegeex_ms.inference.sampling import SamplingParams
 from codegeex_ms.paths import REPO_ROOT, shared_data_dir
 from codegeex_ms.serve.schemas import (CodeTranslateBody, CompletionBody, Limits, RequestError,
                                        generation_options, parse_body)
-from codegeex_ms.serve.worker import padded_rows
 
 TINY = ("model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64")
 
@@ -171,10 +170,3 @@ def test_limits_that_depend_on_the_model():
         generation_options(capped, DEFAULTS, big)
     with pytest.raises(RequestError, match="target_language: Field required"):
         parse_body(CodeTranslateBody, b'{"code": "x", "source_language": "c++"}')
-
-
-def test_rows_are_padded_to_few_shapes():
-    assert [padded_rows(r, 8) for r in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
-    assert [padded_rows(r, 6) for r in range(1, 7)] == [1, 2, 4, 4, 6, 6]
-    assert padded_rows(11, 8) == 11          # one oversized request runs at its own size
-    assert padded_rows(3, 1) == 3

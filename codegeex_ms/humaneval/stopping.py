@@ -132,6 +132,21 @@ class IncrementalStopFn:
         return finished
 
 
+class LanguageStop:
+    """``stop_fn(text) -> text cut at its stop point, or None`` for ``language``; generators
+    that track rows call :meth:`scanner` for a per-row incremental :class:`StopScanner`."""
+
+    def __init__(self, language: str):
+        self.language = get_language(language).key
+
+    def scanner(self) -> StopScanner:
+        return StopScanner(self.language)
+
+    def __call__(self, text: str) -> Optional[str]:
+        end = stop_index(text, self.language)
+        return None if end is None else text[:end]
+
+
 def make_stop_fn(language: str) -> IncrementalStopFn:
     """A one-argument ``stop_fn(completion_text) -> bool`` for ``language``, for generate_fn."""
     return IncrementalStopFn(language)

@@ -187,6 +187,16 @@ class Generator:
             self.timing.compiles.append(key[1:])
         return self._decoders[key]
 
+    def slot_scheduler(self, slots: int, length: int = 0, prefill_tokens: int = 2048,
+                       speculative=None) -> SlotScheduler:
+        """A new scheduler of ``slots`` rows of ``length`` positions (default ``max_length``),
+        e.g. for a server's continuous batching."""
+        from codegeex_ms.model.kv_cache import SlotKVCache
+        cache = SlotKVCache(self.model, slots, length or self.max_length, self.pad,
+                            prefill_tokens=prefill_tokens)
+        return SlotScheduler(cache, self.tokenizer, eod=self.eod,
+                             real_vocab_size=self.cfg.real_vocab_size, speculative=speculative)
+
     def _sample(self, token_lists, max_new, sampling, stop, stop_fn, seed, on_text, should_stop):
         """Sampling/greedy through the slot scheduler: row r is a request of its own, seeded with
         ``[seed, r]``; identical prompts are prefilled once."""

@@ -126,12 +126,16 @@ class SlotScheduler:
     """Continuous batching of :class:`Request` objects over ``slots`` cache rows.
 
     ``tokenizer`` needs ``decode(list[int]) -> str``; ``eod`` ends a sample, ``pad`` fills
-    unused inputs, tokens at or above ``real_vocab_size`` are never chosen. Not thread-safe:
+    unused inputs, tokens at or above ``real_vocab_size`` are never chosen. ``share_prompts``:
+    rows admitted together with equal prompts share one prefill (off: one prefill per row, for
+    comparison). Not thread-safe:
     one thread calls :meth:`submit`/:meth:`step` (``Request.cancelled`` may be set from any).
     """
 
-    def __init__(self, cache, tokenizer, *, eod: int, real_vocab_size: int, speculative=None):
+    def __init__(self, cache, tokenizer, *, eod: int, real_vocab_size: int, speculative=None,
+                 share_prompts: bool = True):
         self.cache = cache
+        self.share_prompts = share_prompts
         self.tokenizer = tokenizer
         self.eod, self.real_vocab = eod, real_vocab_size
         self.speculative = speculative
@@ -165,6 +169,12 @@ class SlotScheduler:
         request._left = request.n
         for i in range(request.n):
             self.waiting.append(_Row(request, i, self.tokenizer.decode))
+
+    def reset(self) -> None:
+        """Forget every row (after a failed step): all slots free, nothing waiting."""
+        self.free = list(range(self.cache.slots - 1, -1, -1))
+        self.active.clear()
+        self.waiting.clear()
 
     @property
     def idle(self) -> bool:
@@ -217,20 +227,23 @@ class SlotScheduler:
             return
         groups = {}                      # prompt -> rows continuing it
         for row in taken:
-            groups.setdefault(tuple(row.request.prompt), []).append(row)
+            key = tuple(row.request.prompt) if self.share_prompts else (id(row),)
+            groups.setdefault(key, []).append(row)
         prompts = list(groups)
         t0 = time.perf_counter()
         while prompts:
             batch = [prompts.pop(0)]
-            while prompts and self.cache.prefill_fits([len(q) for q in batch + prompts[:1]]):
+            while prompts and self.cache.prefill_fits(
+                    [len(groups[q][0].request.prompt) for q in batch + prompts[:1]]):
                 batch.append(prompts.pop(0))
-            logits = self.cache.prefill([list(q) for q in batch], [[r.slot for r in groups[q]] for q in batch])
+            tokens = [groups[q][0].request.prompt for q in batch]
+            logits = self.cache.prefill(tokens, [[r.slot for r in groups[q]] for q in batch])
             self.stats.prefill_calls += 1
-            self.stats.prefill_tokens += sum(len(q) for q in batch)
+            self.stats.prefill_tokens += sum(len(t) for t in tokens)
             rows, picked = [], []
             for i, q in enumerate(batch):
                 for row in groups[q]:
-                    row.pos = len(q)
+                    row.pos = len(tokens[i])
                     self.active[row.slot] = row
                     rows.append(row)
                     picked.append(i)

@@ -186,6 +186,11 @@ class SlotKVCache:
         self._scratch = {}        # (rows, length) -> (step cell, copy cell)
         self.shapes = set()       # every (kind, shape) run: each is one compiled graph
 
+    def compiled_graphs(self) -> int:
+        """Graphs MindSpore has compiled for this cache's cells (graph mode; 0 in PyNative)."""
+        cells = [self._step] + [c for pair in self._scratch.values() for c in pair]
+        return sum(len(c.compile_cache) for c in cells)
+
     # ------------------------------------------------------------------ pool forward
 
     def forward(self, tokens: np.ndarray, starts: np.ndarray, pick_all: bool = False) -> np.ndarray:

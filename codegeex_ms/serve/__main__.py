@@ -7,8 +7,9 @@ Then open http://127.0.0.1:8000/ for the playground, or call the OpenAI-style AP
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
         -d '{"prompt": "def fib(n):", "max_tokens": 32, "temperature": 0}'
 
-One thread runs the model; up to --max-queue requests wait (more get HTTP 429) and compatible
-waiting requests are batched, up to --max-batch rows. SIGINT/SIGTERM stop accepting connections,
+One thread runs the model by continuous batching over --max-batch cache slots: between decode
+steps waiting requests are prefilled into free slots and finished rows free theirs; up to
+--max-queue requests wait for a slot (more get HTTP 429). SIGINT/SIGTERM stop accepting connections,
 finish the requests in flight, then end the process with that signal. "serving on
 http://HOST:PORT" is printed once the port is open (with --port 0: the port the system picked).
 """
@@ -37,25 +38,20 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8000, help="0 = any free port (default: %(default)s)")
     parser.add_argument("--model-name", help="model id in answers (default: the checkpoint's file name)")
     parser.add_argument("--max-batch", type=int, default=8,
-                        help="most rows generated together; 1 turns batching off (default: %(default)s)")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="how long the oldest request waits for compatible ones to batch with "
+                        help="KV cache slots: most rows generated together; 1 turns batching off "
                              "(default: %(default)s)")
+    parser.add_argument("--prefill-tokens", type=int, default=2048,
+                        help="most (padded) prompt tokens prefilled in one call (default: %(default)s)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests that may wait; more are answered 429 (default: %(default)s)")
     parser.add_argument("--max-request-rows", type=int, default=8,
                         help="prompts × n allowed in one request (default: %(default)s)")
-    parser.add_argument("--cached-shapes", type=int, default=4,
-                        help="(batch, length) shapes whose compiled graphs and KV caches stay alive "
-                             "(more: fewer recompiles, more memory; default: %(default)s)")
     parser.add_argument("--max-body-kb", type=int, default=256, help="request body limit (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    for name in ("max_batch", "max_queue", "max_request_rows", "cached_shapes", "max_body_kb"):
+    for name in ("max_batch", "max_queue", "max_request_rows", "prefill_tokens", "max_body_kb"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.batch_window_ms < 0:
-        parser.error("--batch-window-ms must be >= 0")
     return args
 
 
@@ -69,9 +65,8 @@ def build_context(args, cfg):
 
     languages = Languages.load(args.language_tags)
     generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target)
-    generator.max_decoders = args.cached_shapes
-    worker = ModelWorker(generator, max_batch=args.max_batch, max_queue=args.max_queue,
-                         batch_window=args.batch_window_ms / 1000, stop_rules=language_stop_fn)
+    scheduler = generator.slot_scheduler(args.max_batch, prefill_tokens=args.prefill_tokens)
+    worker = ModelWorker(scheduler, max_queue=args.max_queue, stop_rules=language_stop_fn)
     return ServeContext(
         worker=worker, tokenizer=generator.tokenizer, languages=languages, defaults=cfg.inference,
         limits=Limits(generator.max_length, args.max_request_rows),

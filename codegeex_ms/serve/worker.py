@@ -1,13 +1,13 @@
-"""The model worker: one thread owns the Generator and runs jobs from a bounded queue in batches.
+"""The model worker: one thread owns a slot scheduler and runs requests by continuous batching.
 
-MindSpore graph execution is not safe across concurrent calls, so exactly one thread calls
-``Generator.generate``. Request handlers (on the asyncio loop) :meth:`ModelWorker.submit` a
-:class:`Job`; the worker takes the oldest waiting job, gathers compatible waiting jobs (same
-sampling, max_tokens, stop strings and stop rule; no seed) for up to ``batch_window`` seconds until
-``max_batch`` rows are filled, pads the rows to a power of two so few shapes are compiled, and
-runs them as one batch. Results and streamed text go back to each job's asyncio queue through
-``loop.call_soon_threadsafe``. A cancelled job (its client went away) leaves the queue at once, or,
-if it is running, its rows end at the next token.
+MindSpore graph execution is not safe across concurrent calls, so exactly one thread drives the
+:class:`~codegeex_ms.inference.scheduler.SlotScheduler`. Request handlers (on the asyncio loop)
+:meth:`ModelWorker.submit` a :class:`Job`; between decode steps the worker moves waiting jobs
+into free slots (oldest first, so no job starves), and a finished row frees its slot for the
+next step. Jobs with any settings share the pool: sampling, stop strings, seeds and penalties
+are per row. Results and streamed text go back to each job's asyncio queue through
+``loop.call_soon_threadsafe``. A cancelled job (its client went away) leaves the queue at once,
+or, if it is running, its rows end at the next token.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from codegeex_ms.inference.logits import Penalties
 from codegeex_ms.inference.sampling import SamplingParams
+from codegeex_ms.inference.scheduler import Request
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class Job:
     """One request: token ids per row (prompt i's n copies are rows i*n .. i*n+n-1) and options.
 
     Events on ``events``: ``("text", row, str)`` (streamed jobs only), then one ``("done",
-    [Completion per row])`` or ``("error", message)``.
+    [Completion per row])`` or ``("error", message)``. Row j of a seeded job samples with the
+    generator ``[seed, j]``, whichever rows it shares the pool with.
     """
 
     rows: list                      # token id lists
@@ -48,16 +50,11 @@ class Job:
     stop_rule: Optional[str] = None  # language whose end-of-function rule ends a row
     seed: Optional[int] = None
     stream: bool = False
+    penalties: Penalties = Penalties()
+    logprobs: Optional[int] = None   # top-k log-probabilities per token (None: off)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
-
-    def key(self) -> tuple:
-        """Jobs with equal keys can share a batch; a seeded job only batches with itself."""
-        s = self.sampling
-        if s.temperature == 0:      # greedy: top-k/top-p do not matter
-            s = SamplingParams()
-        return (s, self.max_tokens, self.stop, self.stop_rule, id(self) if self.seed is not None else None)
 
     def post(self, event: tuple) -> None:
         """Thread-safe: put ``event`` on this job's queue (dropped if the loop is gone)."""
@@ -69,7 +66,7 @@ class Job:
 
 @dataclass
 class Stats:
-    """Counters since start; ``batch_rows`` counts real (unpadded) rows over all batches."""
+    """Counters since start; ``batch_rows`` counts the rows of every decode step (``batches``)."""
 
     completed: int = 0
     cancelled: int = 0
@@ -80,34 +77,26 @@ class Stats:
     completion_tokens: int = 0
 
 
-def padded_rows(rows: int, max_batch: int) -> int:
-    """Rows to run ``rows`` real rows with: the next power of two, capped at ``max_batch``
-    (a single larger request runs at its own size)."""
-    if rows >= max_batch:
-        return rows
-    p = 1
-    while p < rows:
-        p *= 2
-    return min(p, max_batch)
-
-
 class ModelWorker:
-    """Runs jobs on ``generator`` in one thread; at most ``max_queue`` jobs wait.
+    """Runs jobs on a slot scheduler of ``max_batch`` slots in one thread; at most ``max_queue``
+    jobs wait for slots.
 
+    ``scheduler`` is a :class:`~codegeex_ms.inference.scheduler.SlotScheduler`;
     ``stop_rules(language) -> stop_fn or None`` builds the end-of-function rule for a job's
     ``stop_rule``.
     """
 
-    def __init__(self, generator, *, max_batch: int = 8, max_queue: int = 64,
-                 batch_window: float = 0.005, stop_rules: Callable = lambda language: None):
-        if max_batch < 1 or max_queue < 1 or batch_window < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and batch_window >= 0")
-        self.generator = generator
-        self.max_batch, self.max_queue, self.batch_window = max_batch, max_queue, batch_window
+    def __init__(self, scheduler, *, max_queue: int = 64,
+                 stop_rules: Callable = lambda language: None):
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self.scheduler = scheduler
+        self.max_batch, self.max_queue = scheduler.cache.slots, max_queue
         self.stop_rules = stop_rules
         self.stats = Stats()
         self.running_rows = 0
         self._pending: deque = deque()
+        self._running = {}                 # job -> its scheduler requests
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
@@ -132,6 +121,8 @@ class ModelWorker:
         """Drop ``job`` if it waits; end its rows at the next token if it runs."""
         with self._cond:
             job.cancelled = True
+            for req in self._running.get(job, ()):
+                req.cancelled = True        # rows not yet admitted never start
             if job in self._pending:
                 self._pending.remove(job)
                 self.stats.cancelled += 1
@@ -153,79 +144,85 @@ class ModelWorker:
     # ------------------------------------------------------------------ the worker thread
 
     def _run(self) -> None:
+        sched = self.scheduler
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            try:
-                self._run_batch(batch)
-            finally:
-                self.running_rows = 0
-
-    def _next_batch(self) -> Optional[list]:
-        """The oldest job plus compatible waiting jobs; None once closing with nothing queued."""
-        with self._cond:
-            while not self._pending:
-                if self._closing:
-                    return None
-                self._cond.wait()
-            head = self._pending.popleft()
-            batch, rows, key = [head], len(head.rows), head.key()
-            deadline = time.monotonic() + self.batch_window
-            while rows < self.max_batch and head.seed is None:
-                for job in list(self._pending):
-                    if job.key() == key and rows + len(job.rows) <= self.max_batch:
-                        self._pending.remove(job)
-                        batch.append(job)
-                        rows += len(job.rows)
-                remaining = deadline - time.monotonic()
-                if rows >= self.max_batch or remaining <= 0 or self._closing:
-                    break
-                self._cond.wait(remaining)
-            self.running_rows = rows
-            return batch
-
-    def _run_batch(self, batch: list) -> None:
-        head = batch[0]
-        owners = [(job, i) for job in batch for i in range(len(job.rows))]
-        real = len(owners)
-        size = real if head.seed is not None else padded_rows(real, self.max_batch)
-        prompts = [job.rows[i] for job, i in owners] + [owners[0][0].rows[0]] * (size - real)
-
-        def should_stop(row):
-            if row >= real:
-                return "padding"
-            return "cancelled" if owners[row][0].cancelled else None
-
-        def on_text(row, text):
-            if row < real:
-                job, i = owners[row]
-                if job.stream and not job.cancelled:
-                    job.post(("text", i, text))
-
-        try:
-            outs = self.generator.generate(
-                prompts, head.max_tokens, head.sampling, stop=head.stop,
-                stop_fn=self.stop_rules(head.stop_rule) if head.stop_rule else None,
-                seed=head.seed, on_text=on_text if any(job.stream for job in batch) else None,
-                should_stop=should_stop)
-        except Exception as e:  # the model failed: tell every client, keep serving
-            logger.exception("generation failed for a batch of %d rows", real)
             with self._cond:
-                self.stats.failed += len(batch)
-            for job in batch:
-                job.post(("error", f"generation failed: {type(e).__name__}: {e}"))
+                while not self._pending and sched.idle:
+                    if self._closing:
+                        return
+                    self._cond.wait()
+                # Jobs enter the scheduler only while slots are free, so the rest still count
+                # as waiting (and can be cancelled or rejected) here.
+                while self._pending and len(sched.free) > len(sched.waiting):
+                    self._start(self._pending.popleft())
+            if sched.idle:
+                continue
+            try:
+                sched.step()
+            except Exception as e:  # the model failed: tell the running clients, keep serving
+                logger.exception("decode step failed")
+                self._fail_running(f"generation failed: {type(e).__name__}: {e}")
+                continue
+            with self._cond:
+                self.running_rows = len(sched.active)
+                if sched.active:
+                    self.stats.batches += 1
+                    self.stats.batch_rows += len(sched.active)
+
+    def _start(self, job: Job) -> None:
+        """Turn ``job`` into scheduler requests (a run of equal rows is one request of n)."""
+        stop_fn = self.stop_rules(job.stop_rule) if job.stop_rule else None
+        outs = [None] * len(job.rows)
+        requests = []
+        left = [0]
+
+        def finished(first, results):
+            outs[first:first + len(results)] = results
+            left[0] -= 1
+            if left[0] == 0:
+                self._done(job, outs)
+
+        first = 0
+        while first < len(job.rows):
+            n = 1
+            while first + n < len(job.rows) and job.rows[first + n] == job.rows[first]:
+                n += 1
+            requests.append(Request(
+                job.rows[first], job.max_tokens, job.sampling, n=n, seed=job.seed, seed_offset=first,
+                stop=job.stop, stop_fn=stop_fn, penalties=job.penalties, logprobs=job.logprobs,
+                on_text=(lambda i, text, first=first: job.post(("text", first + i, text)))
+                if job.stream else None,
+                on_done=lambda results, first=first: finished(first, results),
+                should_stop=lambda _i: "cancelled" if job.cancelled else None))
+            first += n
+        left[0] = len(requests)
+        try:
+            for req in requests:
+                self.scheduler.check(req)
+        except ValueError as e:
+            self.stats.failed += 1
+            job.post(("error", f"generation failed: {e}"))
             return
-        start = 0
+        self._running[job] = requests
+        for req in requests:
+            self.scheduler.submit(req)
+
+    def _done(self, job: Job, outs: list) -> None:
         with self._cond:
-            self.stats.batches += 1
-            self.stats.batch_rows += real
-            for job in batch:
-                mine = outs[start:start + len(job.rows)]
-                start += len(job.rows)
-                self.stats.completion_tokens += sum(len(c.token_ids) for c in mine)
-                if job.cancelled:
-                    self.stats.cancelled += 1
-                else:
-                    self.stats.completed += 1
-                job.post(("done", mine))
+            self._running.pop(job, None)
+            self.stats.completion_tokens += sum(len(c.token_ids) for c in outs)
+            if job.cancelled:
+                self.stats.cancelled += 1
+            else:
+                self.stats.completed += 1
+        job.post(("done", outs))
+
+    def _fail_running(self, message: str) -> None:
+        self.scheduler.reset()
+        with self._cond:
+            jobs = list(self._running)
+            self._running.clear()
+            self.stats.failed += len(jobs)
+            self.running_rows = 0
+        for job in jobs:
+            job.post(("error", message))
