@@ -12,6 +12,7 @@ from mindspore import Parameter, Tensor, nn
 from codegeex_ms.checkpoint import (LayoutMismatchError, ModelSizes, ModelWeights, SafetensorsReader,
                                     TorchZipReader, load_into_network, load_weights, release_layout,
                                     save_weights)
+from codegeex_ms.checkpoint.model_sizes import checkpoint_sizes
 from codegeex_ms.convert import convert_checkpoint
 from codegeex_ms.paths import REPO_ROOT
 
@@ -23,7 +24,7 @@ def _release_arrays(pt_path):
 
 @pytest.mark.parametrize("middle", ["mid.ckpt", "mid.safetensors"])
 def test_release_round_trip_is_bit_exact(golden, tmp_path, middle):
-    convert_checkpoint(golden["pt"], tmp_path / middle)
+    convert_checkpoint(golden["pt"], tmp_path / middle, num_heads=4)
     convert_checkpoint(tmp_path / middle, tmp_path / "back.pt")
     original, back = _release_arrays(golden["pt"]), _release_arrays(tmp_path / "back.pt")
     assert list(back) == list(original)  # same names, same (release) order
@@ -33,10 +34,10 @@ def test_release_round_trip_is_bit_exact(golden, tmp_path, middle):
 
 def test_mindspore_reads_the_converted_files(golden, tmp_path):
     convert_checkpoint(golden["pt"], tmp_path / "w.ckpt", num_heads=4)
-    convert_checkpoint(golden["pt"], tmp_path / "w.safetensors", dtype="float32")
+    convert_checkpoint(golden["pt"], tmp_path / "w.safetensors", dtype="float32", num_heads=4)
     original = {n[len("module."):]: a for n, a in _release_arrays(golden["pt"]).items()}
     ckpt = ms.load_checkpoint(str(tmp_path / "w.ckpt"))
-    assert ckpt.pop("num_attention_heads") == "4"
+    assert {k: ckpt.pop(k) for k in list(ckpt) if isinstance(ckpt[k], str)} == FIXTURE_RECORD
     safetensors = ms.load_checkpoint(str(tmp_path / "w.safetensors"), format="safetensors")
     assert set(ckpt) == set(safetensors) == set(original)
     for name, array in original.items():
@@ -46,16 +47,74 @@ def test_mindspore_reads_the_converted_files(golden, tmp_path):
         assert np.array_equal(safetensors[name].asnumpy(), array.astype(np.float32))
 
 
-def test_heads_metadata_is_carried_over(golden, tmp_path):
+# what a conversion of the golden fixture records: the sizes in its shapes and the given heads
+FIXTURE_RECORD = {"model.vocab_size": "1024", "model.hidden_size": "64", "model.num_layers": "2",
+                  "model.num_heads": "4", "model.ffn_hidden_size": "256",
+                  "model.max_position_embeddings": "64", "num_attention_heads": "4"}
+
+
+def test_model_record_is_carried_over(golden, tmp_path):
     convert_checkpoint(golden["pt"], tmp_path / "w.ckpt", num_heads=4)
     sizes = convert_checkpoint(tmp_path / "w.ckpt", tmp_path / "w.safetensors")
     assert sizes.num_attention_heads == 4
     with SafetensorsReader(tmp_path / "w.safetensors") as reader:
-        assert reader.metadata == {"num_attention_heads": "4"}
+        assert reader.metadata == FIXTURE_RECORD
+
+
+def test_unknown_heads_are_asked_for_not_guessed(tmp_path):
+    """A 4-head MindSpore checkpoint of hidden size 128 (no metadata): hidden/128 would say 1."""
+    from codegeex_ms.config import load_config
+    from codegeex_ms.model.build import build_model
+    cfg = load_config("ascend_configs/tiny.yaml", ("model.vocab_size=1024", "model.real_vocab_size=1000",
+                                                   "model.eod_token_id=999", "model.num_layers=1"))
+    src = tmp_path / "four_heads.ckpt"
+    ms.save_checkpoint(build_model(cfg.model), str(src))
+    with pytest.raises(ValueError, match="number of attention heads .* pass --num-heads N"):
+        convert_checkpoint(src, tmp_path / "out.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["four_heads.ckpt"]
+    convert_checkpoint(src, tmp_path / "back.pt")  # the release format records no sizes: fine
+    convert_checkpoint(src, tmp_path / "out.ckpt", num_heads=4)
+    assert checkpoint_sizes(tmp_path / "out.ckpt") == {
+        "vocab_size": 1024, "hidden_size": 128, "num_layers": 1, "num_heads": 4,
+        "ffn_hidden_size": 512, "max_position_embeddings": 256}
+
+
+def test_sizes_come_from_the_checkpoint_unless_the_config_sets_them(tmp_path, capsys):
+    """score on a checkpoint that records its model, with a config that sets no size; a
+    conflicting --set is refused naming both values; a trained checkpoint records every size."""
+    from codegeex_ms import cli_common, score
+    from codegeex_ms.checkpoint.model_sizes import model_config_metadata
+    from codegeex_ms.config import load_config
+    from codegeex_ms.model.build import build_model
+    cfg = load_config("ascend_configs/tiny_fixture.yaml", ("model.eod_token_id=7",
+                                                           "model.real_vocab_size=1000"))
+    net = build_model(cfg.model)
+    ckpt = tmp_path / "trained.ckpt"
+    save_weights(ckpt, {n: p.asnumpy() for n, p in net.parameters_and_names()},
+                 metadata=model_config_metadata(cfg.model))
+    recorded = checkpoint_sizes(ckpt)
+    assert recorded == {"vocab_size": 1024, "real_vocab_size": 1000, "hidden_size": 64,
+                        "num_layers": 2, "num_heads": 4, "ffn_hidden_size": 256,
+                        "max_position_embeddings": 64, "eod_token_id": 7}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("train: {seq_length: 64}\ninference: {max_length: 64}\n")  # no model section
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3, 4]], np.int32))
+    argv = ["--config", str(plain), "--checkpoint", str(ckpt), "--input-ids",
+            str(tmp_path / "ids.npy"), "--output", str(tmp_path / "logits.npy")]
+    assert cli_common.run(score.main, argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert np.load(tmp_path / "logits.npy").shape == (1, 4, 1024)
+    os.remove(tmp_path / "logits.npy")
+    assert cli_common.run(score.main, argv + ["--set", "model.hidden_size=32", "--set",
+                                              "model.num_heads=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.hidden_size: the config sets 32 but ") and "has 64" in err
+    assert "num_heads" not in err  # agrees with the checkpoint
+    assert not (tmp_path / "logits.npy").exists()
 
 
 def test_float32_detour_returns_the_same_fp16_bits(golden, tmp_path):
-    convert_checkpoint(golden["pt"], tmp_path / "w32.ckpt", dtype="float32")
+    convert_checkpoint(golden["pt"], tmp_path / "w32.ckpt", dtype="float32", num_heads=4)
     convert_checkpoint(tmp_path / "w32.ckpt", tmp_path / "w16.pt", dtype="float16")
     original, back = _release_arrays(golden["pt"]), _release_arrays(tmp_path / "w16.pt")
     assert all(back[n].tobytes() == a.tobytes() for n, a in original.items())
@@ -99,7 +158,8 @@ def test_cli_converts_and_reports_errors(golden, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = tmp_path / "cli.safetensors"
     done = subprocess.run([sys.executable, "-m", "codegeex_ms.convert", "--input", str(golden["pt"]),
-                           "--output", str(out), "--quiet"], capture_output=True, text=True, env=env, check=False)
+                           "--output", str(out), "--quiet", "--num-heads", "4"], capture_output=True,
+                          text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert "2 layers + top-query layer, hidden 64" in done.stdout
     back = dict(load_weights(out))

@@ -72,7 +72,9 @@ def checkpoint_sizes(path) -> Dict[str, int]:
 def apply_checkpoint_sizes(model_config, explicit, path):
     """``model_config`` with the sizes of checkpoint ``path`` for every ``MODEL_KEYS`` key the
     config does not set (``explicit``: ``{"model.<key>", ...}`` the user's config or ``--set``
-    gave). A key set to another value than the checkpoint's raises a ConfigError naming both."""
+    gave). A key set to another value than the checkpoint's raises a ConfigError naming both.
+    Without a recorded or configured real vocabulary, every embedding row counts as real when the
+    default (CodeGeeX's 50400) exceeds the checkpoint's rows."""
     from codegeex_ms.config import ConfigError  # pylint: disable=import-outside-toplevel
     found = checkpoint_sizes(path)
     values, problems = {}, []
@@ -87,4 +89,8 @@ def apply_checkpoint_sizes(model_config, explicit, path):
             values[key] = value
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(model_config, **values)
+    out = dataclasses.replace(model_config, **values)
+    if ("model.real_vocab_size" not in explicit and "real_vocab_size" not in found
+            and out.real_vocab_size > out.vocab_size):  # the default belongs to the 13B layout
+        out = dataclasses.replace(out, real_vocab_size=out.vocab_size)
+    return out
