@@ -188,7 +188,8 @@ def test_cli_generates_and_rejects_bad_input(tiny_checkpoint, tmp_path):
     bad = cli(*TINY, "--checkpoint", str(tiny_checkpoint), "--prompt", "x", "--tokenizer-dir", str(tmp_path))
     assert bad.returncode != 0 and "vocab.json" in bad.stderr
     bad = cli("--config", "tiny", "--checkpoint", str(tiny_checkpoint), "--prompt", "x")
-    assert bad.returncode != 0 and "layers.1" in bad.stderr   # checkpoint has 1 layer, config 2
+    assert bad.returncode == 2 and "model.num_layers: the config sets 2 but" in bad.stderr \
+        and "has 1" in bad.stderr   # checkpoint has 1 layer, config 2: both values named
 
 
 def test_streaming_holds_back_stop_prefixes_and_split_characters():
