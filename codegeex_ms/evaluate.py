@@ -9,7 +9,7 @@ interrupted run resumes without redoing finished samples:
 
 - ``samples.jsonl``  one completion per line (generate)
 - ``results.jsonl``  one execution outcome per line (execute); ``execution.json`` says which
-  isolation was in force, the toolchain versions and which languages were skipped
+  isolation and limits were in force, the toolchain versions and which languages were skipped
 - ``pass_at_k.json``, ``pass_at_k.md``, ``pass_at_k.png``, ``per_problem.csv`` (score)
 
 ``--generator canonical`` answers with the dataset's solutions (a harness self-check: every
@@ -34,7 +34,7 @@ from .humaneval.problems import load_problems, select_problems
 from .humaneval.prompts import Track
 from .humaneval.report import write_chart, write_json, write_markdown, write_per_problem
 from .humaneval.runners import StepLimits
-from .humaneval.sandbox import ISOLATION_CHOICES, Limits
+from .humaneval.sandbox import ISOLATION_CHOICES, Limits, Sandbox, SandboxUnavailable
 from .humaneval.scoring import score
 
 STEPS = ("generate", "execute", "score")
@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="parallel samples (default: CPU count)")
     g.add_argument("--isolation", choices=ISOLATION_CHOICES, default="auto",
-                   help="sandbox: bubblewrap when usable (auto), or rlimits only")
+                   help="auto/bubblewrap: the bubblewrap sandbox, or refuse to run; rlimits: "
+                        "resource limits only, not a sandbox (needs the next flag)")
+    g.add_argument("--i-understand-this-is-not-a-sandbox", dest="allow_unsandboxed",
+                   action="store_true",
+                   help="allow running untrusted samples without bubblewrap (--isolation "
+                        "rlimits, or auto where bubblewrap does not work)")
     g.add_argument("--run-timeout", type=float, default=Limits().wall_s,
                    help="seconds per test run")
     g.add_argument("--compile-timeout", type=float, default=StepLimits().compile.wall_s,
@@ -191,11 +196,15 @@ def step_execute(args) -> None:
     default = StepLimits()
     limits = StepLimits(run=replace(default.run, wall_s=args.run_timeout),
                         compile=replace(default.compile, wall_s=args.compile_timeout))
-    with Executor(languages, workers=args.workers, isolation=args.isolation, limits=limits,
-                  cache_dir=args.cache_dir, scratch_dir=args.scratch_dir,
-                  python=args.python) as executor:
+    try:
+        executor = Executor(languages, workers=args.workers, isolation=args.isolation,
+                            limits=limits, cache_dir=args.cache_dir, scratch_dir=args.scratch_dir,
+                            python=args.python, allow_unsandboxed=args.allow_unsandboxed)
+    except SandboxUnavailable as e:
+        raise SystemExit(f"execute: {e}") from e
+    with executor:
         meta = executor.describe()
-        print(f"execute: isolation: {meta['isolation_detail']}")
+        print(f"execute: {meta['sample_directory']}")
         for lang, reason in meta["skipped"].items():
             print(f"execute: skipping {lang}: {reason}", file=sys.stderr)
         (args.output_dir / "execution.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -224,6 +233,15 @@ def step_score(args) -> None:
     print((out / "pass_at_k.md").read_text())
 
 
+def _isolation_line(args) -> str:
+    """What the execute step's sandbox will be; SystemExit when it refuses to run."""
+    try:
+        with Sandbox(args.isolation, allow_unsandboxed=args.allow_unsandboxed) as sandbox:
+            return sandbox.describe()
+    except SandboxUnavailable as e:
+        raise SystemExit(f"execute: {e}") from e
+
+
 def main(argv=None, generate_fn=None) -> None:
     """CLI entry point; ``generate_fn`` replaces the model (used by tests)."""
     args = build_parser().parse_args(argv)
@@ -231,6 +249,8 @@ def main(argv=None, generate_fn=None) -> None:
     bad = [s for s in steps if s not in STEPS]
     if bad or not steps:
         raise SystemExit(f"--steps: unknown {bad or steps}; use a subset of {','.join(STEPS)}")
+    if "execute" in steps:  # first line: the isolation, or the refusal, before any work
+        print(f"isolation: {_isolation_line(args)}", flush=True)
     if "generate" in steps:
         step_generate(args, generate_fn)
     if "execute" in steps:

@@ -1,12 +1,16 @@
 """The execute step: run every sample of ``samples.jsonl`` not yet in ``results.jsonl``, in
-parallel, appending one result per sample as it finishes (so an interrupted run resumes)."""
+parallel, appending one result per sample as it finishes (so an interrupted run resumes).
 
+No sample stops the step: one that cannot even be assembled (an unknown task, a malformed
+record) or whose execution fails in the harness gets an ``error`` result with the reason."""
+
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
 from .assembly import assemble_program
-from .execution import Executor
+from .execution import ERROR, Executor, Outcome
 from .generation import sample_key
 from .jsonl import JsonlWriter, read_records
 from .prompts import Track, track_code_prefix
@@ -41,7 +45,12 @@ def execute_samples(samples_path, results_path, problems: dict, executor: Execut
             skipped.setdefault(language, [reason, 0])[1] += 1
 
     def run_one(record):
-        language, source = build_program(record, problems)
+        start = time.monotonic()
+        try:
+            language, source = build_program(record, problems)
+        except Exception as e:  # noqa: BLE001 -- recorded as this sample's error
+            return record, Outcome(ERROR, f"cannot assemble the program: {type(e).__name__}: "
+                                          f"{e}", time.monotonic() - start)
         return record, executor.run(language, source)
 
     with JsonlWriter(results_path) as out, ThreadPoolExecutor(max(1, workers)) as pool, \
