@@ -77,7 +77,22 @@ def apply_lora(model, lora, seed: int = 0) -> List[LoRALinear]:
 
 def find_adapters(model) -> List[LoRALinear]:
     """The LoRA wrappers inside ``model``, in traversal order."""
-    return [cell for _, cell in model.cells_and_names() if isinstance(cell, LoRALinear)]
+    return [cell for _, cell in _named_adapters(model)]
+
+
+def _named_adapters(model) -> list:
+    """``[(path of the wrapped Linear relative to the CodeGeeX model, wrapper)]``."""
+    return [(name, cell) for name, cell in model.cells_and_names() if isinstance(cell, LoRALinear)]
+
+
+def _adapter_params(model) -> "OrderedDict[str, object]":
+    """``{<linear path>.lora_a / .lora_b: Parameter}``. Paths, not ``Parameter.name``: wrapping the
+    model in another Cell (``CodeGeeXWithLoss``) renames its parameters, paths stay."""
+    out = OrderedDict()
+    for name, wrapper in _named_adapters(model):
+        out[f"{name}.lora_a"] = wrapper.lora_a
+        out[f"{name}.lora_b"] = wrapper.lora_b
+    return out
 
 
 def set_adapters_enabled(model, enabled: bool) -> None:
@@ -89,11 +104,7 @@ def set_adapters_enabled(model, enabled: bool) -> None:
 
 def adapter_weights(model) -> "OrderedDict[str, np.ndarray]":
     """``{name: FP32 array}`` of every adapter parameter (``<linear>.lora_a`` / ``.lora_b``)."""
-    out = OrderedDict()
-    for wrapper in find_adapters(model):
-        for param in (wrapper.lora_a, wrapper.lora_b):
-            out[param.name] = param.asnumpy()
-    return out
+    return OrderedDict((name, param.asnumpy()) for name, param in _adapter_params(model).items())
 
 
 def load_adapter_weights(model, arrays: Mapping[str, np.ndarray]) -> None:
@@ -101,7 +112,7 @@ def load_adapter_weights(model, arrays: Mapping[str, np.ndarray]) -> None:
     exactly (one ValueError naming the first problems otherwise, nothing set)."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
 
-    params = {p.name: p for w in find_adapters(model) for p in (w.lora_a, w.lora_b)}
+    params = _adapter_params(model)
     missing = sorted(set(params) - set(arrays))
     unexpected = sorted(set(arrays) - set(params))
     shapes = [n for n in params if n in arrays and tuple(arrays[n].shape) != tuple(params[n].shape)]
