@@ -274,3 +274,29 @@ def test_real_data_pipeline_feeds_distinct_rows_to_the_mesh(tmp_path):
         assert all(len(local[r][0]) == 4 for r in local)
         seen.extend(rows)
     assert len(set(seen)) == 16
+
+
+def test_train_step_takes_its_reductions_from_the_same_rules():
+    """Under semi-auto parallel the real step all-reduces the overflow flag and computes the norm
+    with the ``grad_scale`` marker MindSpore's global-norm pass needs; standalone it does neither."""
+    from codegeex_ms.train import step as step_module
+    assert step_module.GRAD_SCALE_EXPAND.attrs.get("grad_scale") is True
+    cfg = config()
+    states = {}
+    for mode in (ms.ParallelMode.SEMI_AUTO_PARALLEL, ms.ParallelMode.STAND_ALONE):
+        ms.set_auto_parallel_context(parallel_mode=mode)
+        try:
+            net = CodeGeeXWithLoss(CodeGeeX(cfg.model))
+            state = step_module.TrainState(net, build_optimizer(net, cfg.train), cfg.train)
+            states[mode] = (state.reductions, step_module._Update(state).reduce_overflow)  # pylint: disable=protected-access
+        finally:
+            ms.reset_auto_parallel_context()
+    assert states[ms.ParallelMode.SEMI_AUTO_PARALLEL] == (SEMI_AUTO, True)
+    assert states[ms.ParallelMode.STAND_ALONE] == (OptimizerReductions(False, False), False)
+
+
+def test_data_layout_refuses_a_micro_batch_that_does_not_split_over_the_group():
+    cfg = config(2, 4, micro=4)
+    assert [data_layout(cfg.parallel, 4, r, 8) for r in (0, 7)] == [(0, 8, 1), (7, 8, 1)]
+    with pytest.raises(ValueError, match="train.micro_batch_size a multiple of parallel.model_parallel"):
+        data_layout(cfg.parallel, 2, 0, 8)
