@@ -239,3 +239,34 @@ def test_lora_config_section():
     with pytest.raises(ConfigError, match="lora.targets: expected list"):
         tiny("lora.targets=query")
     assert json.loads(json.dumps(cfg.to_dict()))["lora"]["rank"] == 4
+
+
+def test_merge_cli(tmp_path):
+    """The command writes what merge_adapter writes; a non-adapter file is refused in one line
+    with exit status 2 and nothing written."""
+    import os
+    import subprocess
+    import sys
+    from codegeex_ms.checkpoint import open_weights
+    from codegeex_ms.lora import save_adapter
+    from codegeex_ms.lora.merge import merge_adapter
+    from codegeex_ms.paths import REPO_ROOT
+    cfg = tiny()
+    path, _ = base_checkpoint(tmp_path, cfg)
+    model, _ = lora_model(cfg, path)
+    save_adapter(tmp_path / "ad.ckpt", model, cfg.lora, None)
+    merge_adapter(path, tmp_path / "ad.ckpt", tmp_path / "lib.safetensors", dtype="int8")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GLOG_v": "3"}
+    cmd = [sys.executable, "-m", "codegeex_ms.lora", "merge", "--base", str(path), "--quiet"]
+    ok = subprocess.run(cmd + ["--adapter", str(tmp_path / "ad.ckpt"), "--out", str(tmp_path / "cli.safetensors"),
+                               "--dtype", "int8"], env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "12 weights merged" in ok.stdout  # q/k/v/dense × (2 layers + top-query)
+    with open_weights(tmp_path / "lib.safetensors") as a, open_weights(tmp_path / "cli.safetensors") as b:
+        assert a.infos == b.infos
+        for name in a.infos:
+            assert a.read(name).tobytes() == b.read(name).tobytes(), name
+    bad = subprocess.run(cmd + ["--adapter", str(path), "--out", str(tmp_path / "x.ckpt")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is not a LoRA adapter" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.ckpt").exists()

@@ -30,6 +30,7 @@ import mindspore as ms
 
 from codegeex_ms.checkpoint.atomic import (IntegrityError, fsync_dir, manifest_path,
                                            replace_with_manifest, verify_file)
+from codegeex_ms.lora.layers import is_frozen
 
 logger = logging.getLogger("codegeex_ms.train")
 
@@ -50,10 +51,11 @@ def checkpoint_name(step: int) -> str:
 
 
 def state_parameters(state) -> list:
-    """``[(name, Parameter)]`` of ``state``, each parameter once."""
+    """``[(name, Parameter)]`` of ``state``, each parameter once, without the frozen base weights
+    of LoRA training (``codegeex_ms.lora``: they come from ``train.init_weights``)."""
     seen, out = set(), []
     for param in state.get_parameters():
-        if id(param) not in seen:
+        if id(param) not in seen and not is_frozen(param):
             seen.add(id(param))
             out.append((param.name, param))
     return out
@@ -208,5 +210,7 @@ def _rename(src: Path, dst: Path) -> None:
 def restore(state, params: dict) -> None:
     """Load ``params`` into ``state``; every parameter must be set."""
     not_loaded, _ = ms.load_param_into_net(state, params, strict_load=True)
+    saved = {name for name, _ in state_parameters(state)}
+    not_loaded = [name for name in not_loaded if name in saved]
     if not_loaded:
         raise StateMismatch(f"{len(not_loaded)} parameter(s) not restored, e.g. {not_loaded[0]}")

@@ -19,6 +19,7 @@ import mindspore as ms
 
 from codegeex_ms.checkpoint.model_sizes import model_config_metadata
 from codegeex_ms.config import global_batch_size
+from codegeex_ms.lora.training import LoRATraining, check_base_dtype, lora_enabled
 from codegeex_ms.model import CodeGeeXWithLoss
 from codegeex_ms.model.build import build_model
 from codegeex_ms.parallel import apply_shard_plan
@@ -38,20 +39,20 @@ class Trainer:
     """The network, its training step and the dropout key for one config on one device."""
 
     def __init__(self, cfg, topology: Topology, device_target: str):
-        if cfg.model.param_dtype != "float32":
-            raise ValueError("training keeps FP32 master weights and FP32 Adam moments: set "
-                             "model.param_dtype=float32 (use model.compute_dtype=float16 for FP16 "
-                             "matmuls).")
+        check_base_dtype(cfg)
         self.cfg, self.topology = cfg, topology
-        self.model = build_model(cfg.model)
-        if cfg.train.init_weights:
+        self.lora = LoRATraining(cfg) if lora_enabled(cfg) else None  # frozen base + adapters
+        self.model = self.lora.model if self.lora else build_model(cfg.model)
+        if cfg.train.init_weights and self.lora is None:
             from codegeex_ms.checkpoint import load_into_network  # pylint: disable=import-outside-toplevel
             load_into_network(self.model, cfg.train.init_weights)
-        self.dropout_key = None
-        if cfg.model.dropout > 0 and use_stateless(cfg.train.dropout_rng, device_target):
-            self.dropout_key = install_stateless_dropout(self.model)
         self.loss_net = CodeGeeXWithLoss(self.model)
         apply_shard_plan(self.loss_net, cfg.parallel)
+        # After the shard plan, which sets strategies on the native dropouts (CPU only swaps them).
+        self.dropout_key = None
+        rate = max(cfg.model.dropout, cfg.lora.dropout if self.lora is not None else 0.0)
+        if rate > 0 and use_stateless(cfg.train.dropout_rng, device_target):
+            self.dropout_key = install_stateless_dropout(self.model)
         optimizer = build_optimizer(self.loss_net, cfg.train)
         set_fusion_groups(topology, len(optimizer.parameters), cfg.parallel.gradient_fusion_groups)
         self.step = TrainStep(self.loss_net, optimizer, cfg.train)
@@ -129,6 +130,8 @@ def _save(manager, trainer, step, consumed, cfg, topology):
             "rank": topology.rank, "world": topology.world, "data_rank": topology.data_rank,
             "dropout_rng": "stateless" if trainer.dropout_key is not None else "native",
             "model": model_config_metadata(cfg.model)}
+    if trainer.lora is not None:
+        meta.update(trainer.lora.meta())
     return manager.save(trainer.state, step, meta)
 
 
@@ -148,6 +151,8 @@ def _resume_point(manager, trainer, topology, cfg, resume: bool) -> tuple:
         raise ValueError(f"{manager.path(step)} was written by a job of {meta.get('world')} "
                          f"process(es), this one has {topology.world}: resume with the same "
                          "layout (the data position is counted per rank).")
+    if trainer.lora is not None:
+        trainer.lora.check_resume(meta, manager.path(step))
     restore(trainer.state, params)
     if meta.get("seed") != cfg.train.seed:
         logger.warning("checkpoint was made with train.seed=%s, config has %s: dropout and data "
@@ -165,7 +170,9 @@ def _finish(out: Path, trainer, topology, log) -> dict:
     if rows:
         metrics.plot_loss(rows, out / "loss_curve.png")
         paths["plot"] = str(out / "loss_curve.png")
-    if topology.mode != "semi_auto_parallel":  # sharded weights: merge with codegeex_ms.distributed_ckpt
+    if trainer.lora is not None:  # adapters only (replicated on every rank)
+        paths["adapter"] = str(trainer.lora.export(out))
+    elif topology.mode != "semi_auto_parallel":  # sharded weights: merge with codegeex_ms.distributed_ckpt
         from codegeex_ms.checkpoint import save_weights  # pylint: disable=import-outside-toplevel
         save_weights(out / "model_final.ckpt", trainer.model_weights(),
                      metadata=model_config_metadata(trainer.cfg.model))
