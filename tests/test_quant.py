@@ -270,9 +270,9 @@ def test_quantize_cli_rejects_bad_requests(fp16_checkpoint, tmp_path, capsys):
         return capsys.readouterr().err
 
     assert ".ckpt or .safetensors" in fails("--input", str(src), "--output", str(tmp_path / "x.pt"))
-    # The sizes of another model: the layout check names the expected sizes.
-    assert "hidden_size=128" in fails("--input", str(src), "--output", str(tmp_path / "x.ckpt"),
-                                      "--config", "tiny")
+    # The sizes of another model: the conflict names the config's and the checkpoint's values.
+    assert "model.hidden_size: the config sets 128 but" in fails(
+        "--input", str(src), "--output", str(tmp_path / "x.ckpt"), "--config", "tiny")
     out = tmp_path / "int8.ckpt"
     assert run_quantize("--input", str(src), "--output", str(out)) == 0
     assert "already an INT8 checkpoint" in fails("--input", str(out), "--output", str(tmp_path / "again.ckpt"))
