@@ -27,7 +27,7 @@ def run(*args):
 def converted(golden, tmp_path_factory):
     out = tmp_path_factory.mktemp("golden") / "fixture.ckpt"
     run("codegeex_ms.convert", "--input", str(golden["pt"]), "--output", str(out), "--dtype",
-        "float32", "--quiet")
+        "float32", "--quiet", "--num-heads", str(golden["config"]["num_attention_heads"]))
     return out
 
 

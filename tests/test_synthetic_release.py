@@ -58,7 +58,7 @@ def test_values_are_finite_in_range_and_seeded(tmp_path, release):
 
 def test_convert_is_verified_bit_for_bit_and_damage_is_caught(tmp_path, release):
     out = tmp_path / "fp16.safetensors"
-    convert_checkpoint(release, out)
+    convert_checkpoint(release, out, num_heads=SMALL.num_attention_heads)
     report = verify_conversion(release, out)
     assert report["tensors"] == len(release_layout(SMALL))
     assert report["bytes"] == 2 * num_parameters(release_layout(SMALL))
@@ -83,7 +83,7 @@ def test_quantized_release_dequantizes_within_half_a_step(tmp_path, release):
     from codegeex_ms.quantize import quantize_checkpoint  # pylint: disable=import-outside-toplevel
     fp16 = tmp_path / "fp16.safetensors"
     int8 = tmp_path / "int8.safetensors"
-    convert_checkpoint(release, fp16)
+    convert_checkpoint(release, fp16, num_heads=SMALL.num_attention_heads)
     quantize_checkpoint(fp16, int8)
     name = "language_model.transformer.layers.1.mlp.dense_4h_to_h.weight"
     with open_weights(release) as src, open_weights(int8) as q:
