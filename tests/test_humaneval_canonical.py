@@ -1,36 +1,47 @@
 """Canonical solutions pass and deliberately wrong ones fail, in every language whose toolchain
-is installed (run_scripts/install_eval_toolchains.sh); other languages are skipped.
+is installed (run_scripts/install_eval_toolchains.sh); a missing toolchain skips its language, and
+fails under CI=true.
 
-By default a subset of problems runs (CI time); HUMANEVAL_FULL=1 runs all 164 per language.
-Per-language counts are printed (pytest -s). Translation samples are assembled the same way
-(prompt + completion + tests), so these runs cover them too.
+Under CI=true (or HUMANEVAL_FULL=1) the full set runs, 164 problems x 6 languages, and the exact
+set of failing problems must be the known-bad list below (each a fault of the dataset, checked by
+reading the solution); otherwise a subset runs. Per-language counts are printed (pytest -s).
+Translation samples are assembled the same way (target prompt + completion + tests), so these
+runs cover them too.
 """
 
 import os
 import re
+import resource
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from codegeex_ms.humaneval.assembly import assemble_program
-from codegeex_ms.humaneval.execution import FAILED, PASSED, Executor
+from codegeex_ms.humaneval.execution import COMPILE_ERROR, FAILED, PASSED, Executor
 from codegeex_ms.humaneval.languages import LANGUAGES
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems, task_number
 from codegeex_ms.humaneval.prompts import code_prefix
 
-FULL = os.environ.get("HUMANEVAL_FULL") == "1"
-# 0: the first problem; 22 needs boost/any.hpp in C++; 162 needs md5 (OpenSSL, js-md5,
-# Go's crypto/md5, the md5 crate).
-SUBSET = {0, 22, 162}
-WORKERS = max(2, min(4, os.cpu_count() or 1))
+CI = os.environ.get("CI") == "true"
+FULL = CI or os.environ.get("HUMANEVAL_FULL") == "1"
+# 0: the first problem; 10, 32, 38, 50: helper functions in the prompt (Rust: the entry point is
+# written by the completion); 22 needs boost/any.hpp in C++; 162 needs md5 (OpenSSL, js-md5,
+# Go's crypto/md5, the md5 crate); 95, 112, 155: known-bad canonical solutions.
+SUBSET = {0, 10, 22, 32, 38, 50, 95, 112, 155, 162}
+WORKERS = 2
 
-# Canonical solutions in the shared HumanEval-X data that are wrong, with the reason. The harness
-# must not hide these, so they are allowed (not required) to fail.
+# Canonical solutions in the shared HumanEval-X data that are wrong, with the reason. They must
+# fail (the harness must neither hide nor add failures).
 KNOWN_BAD_CANONICAL = {
     "JavaScript/112": "returns (z, false): the comma operator yields a boolean, not [string, bool]",
     "JavaScript/155": "evenOddCount(0) returns [0, 0]; the test expects [1, 0]",
-    "Go/95": "checks only the first map keys, so the result depends on Go's random map order",
     "Rust/50": "uses rand 0.7's gen_range(low, high); Debian ships rand 0.8 (gen_range(range))",
+}
+# Canonical solutions whose outcome is random: they may pass or fail.
+FLAKY_CANONICAL = {
+    "Go/95": "stops after the second map key and Go randomises map order: {p, A, B} is judged "
+             "upper-case when A and B come first (fails in about 5 runs of 9)",
 }
 
 
@@ -53,8 +64,21 @@ def executor():
     ex.close()
 
 
+def _require(executor, language):
+    if language in executor.skipped:
+        message = f"{language} toolchain unusable: {executor.skipped[language]}"
+        if CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_all(executor, language, programs: dict) -> dict:
-    """{task_id: Outcome} for {task_id: source}, run in parallel."""
+    """{task_id: Outcome} for {task_id: Program}, run in parallel."""
     with ThreadPoolExecutor(WORKERS) as pool:
         outcomes = pool.map(lambda src: executor.run(language, src), programs.values())
         return dict(zip(programs, outcomes))
@@ -66,17 +90,26 @@ def _selected(problems, language):
 
 @pytest.mark.parametrize("language", list(LANGUAGES))
 def test_canonical_solutions_pass(executor, problems, language):
-    if language in executor.skipped:
-        pytest.skip(f"{language} toolchain not installed: {executor.skipped[language]}")
+    _require(executor, language)
+    selected = _selected(problems, language)
     programs = {t: assemble_program(language, p, code_prefix(p, language), p["canonical_solution"])
-                for t, p in _selected(problems, language).items()}
+                for t, p in selected.items()}
+    cpu0, wall0 = _children_cpu(), time.monotonic()
     outcomes = _run_all(executor, language, programs)
+    cpu, wall = _children_cpu() - cpu0, time.monotonic() - wall0
     failed = {t: o for t, o in outcomes.items() if not o.passed}
     print(f"\n{language}: {len(outcomes) - len(failed)}/{len(outcomes)} canonical solutions pass; "
-          f"failing: {sorted(failed, key=task_number)}")
+          f"failing: {sorted(failed, key=task_number)}; {wall:.0f} s wall, {cpu:.0f} s CPU of "
+          "sandboxed processes")
+    known_bad = {t for t in KNOWN_BAD_CANONICAL if t in selected}
     unexpected = {t: (o.status, o.detail[-800:]) for t, o in failed.items()
-                  if t not in KNOWN_BAD_CANONICAL}
-    assert not unexpected
+                  if t not in known_bad and t not in FLAKY_CANONICAL}
+    assert unexpected == {}
+    assert known_bad <= set(failed)          # exactly the known-bad ones fail (and flaky ones may)
+    flaky_failed = len(set(failed) & set(FLAKY_CANONICAL))
+    assert len(outcomes) - len(failed) == len(selected) - len(known_bad) - flaky_failed
+    if FULL:
+        assert len(outcomes) == 164
 
 
 def _swap_booleans(language: str, code: str) -> str:
@@ -88,8 +121,7 @@ def _swap_booleans(language: str, code: str) -> str:
 
 @pytest.mark.parametrize("language", list(LANGUAGES))
 def test_wrong_return_values_fail(executor, problems, language):
-    if language in executor.skipped:
-        pytest.skip(f"{language} toolchain not installed: {executor.skipped[language]}")
+    _require(executor, language)
     programs = {}
     for task_id, p in problems[language].items():
         if task_number(task_id) in (0, 3):   # both return true and false in all six languages
@@ -108,6 +140,6 @@ def test_statuses_distinguish_compile_errors(executor, problems):
     p = next(iter(problems[language].values()))
     outcome = executor.run(language, assemble_program(language, p, code_prefix(p, language),
                                                       "this is not code"))
-    assert outcome.status == "compile_error" and outcome.detail
+    assert outcome.status == COMPILE_ERROR and outcome.detail
     assert executor.run(language, assemble_program(
         language, p, code_prefix(p, language), p["canonical_solution"])).status == PASSED

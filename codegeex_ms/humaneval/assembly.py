@@ -188,7 +188,8 @@ def cpp_test_unit(problem: dict) -> str:
     return (includes + prototypes + "\n" + CPP_TEST_DRIVER + "\n" + test + "\n"
             "int main() {\n    codegeex_tests();\n"
             f'    static const char marker[] = "\\n{MARKER} " CODEGEEX_NONCE "\\n";\n'
-            "    if (write(1, marker, sizeof marker - 1) != (ssize_t)(sizeof marker - 1)) _exit(1);\n"
+            "    if (write(1, marker, sizeof marker - 1) != (ssize_t)(sizeof marker - 1))\n"
+            "        _exit(1);\n"
             "    _exit(0);\n}\n")
 
 
@@ -366,7 +367,8 @@ def rust_harness_crate(problem: dict) -> str:
     forwarder = decl[:header.start()] + "pub " + sig.lstrip() + \
         f"\n    ::sample::{entry}({', '.join(_split_rust_params(params))})\n}}\n"
     # Functions only the completion defines have no trusted signature: imported as they are.
-    forwarder += "".join(f"pub use ::sample::{name};\n" for name in rust_completion_functions(problem))
+    forwarder += "".join(f"pub use ::sample::{name};\n"
+                         for name in rust_completion_functions(problem))
     test = _strip_rust_comments(problem["test"])
     test_fns = _RUST_TEST_FN.findall(test)
     test = test.replace("#[cfg(test)]", "").replace("#[test]", "")

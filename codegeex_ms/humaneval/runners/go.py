@@ -1,6 +1,7 @@
-"""Go: ``go test -c`` of the sample's test file plus the harness's ``TestMain`` file, run under
-``go tool test2json`` (see the threat model in ``humaneval.assembly``), in a module whose testify comes vendored from Debian's
-``golang-github-stretchr-testify-dev`` (offline), then run the test binary.
+"""Go: ``go test -c`` of the sample's test file plus the harness's ``TestMain`` file, then the
+test binary run under ``go tool test2json`` (see the threat model in ``humaneval.assembly``), in
+a module whose testify comes vendored from Debian's ``golang-github-stretchr-testify-dev``
+(offline).
 
 The module file follows the official harness's ``go_evaluation/go.mod`` (module name, Go version,
 requirement versions) but lists only testify and the modules it imports, since nothing else is

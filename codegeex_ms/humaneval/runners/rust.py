@@ -1,13 +1,13 @@
 """Rust: the sample is compiled alone as library crate ``sample``; then the harness crate (the
-tests in a module placed before nothing of the sample's, a ``main`` that runs them and prints the
-marker, the nonce given through the environment of that compile step only) is compiled against
-it, and run. See the threat model in ``humaneval.assembly``. Both link prebuilt ``rand``,
-``regex`` and ``md5`` crates.
+tests in a module of their own, a ``main`` that runs them and prints the marker, the nonce given
+through the environment of that compile step only) is compiled against it, and run. See the
+threat model in ``humaneval.assembly``. Both link prebuilt ``rand``, ``regex`` and ``md5``
+crates.
 
 The crates come from Debian's ``librust-*-dev`` packages (a Cargo directory source at
 ``/usr/share/cargo/registry``). They are built once with cargo, offline, into the evaluation
-cache (keyed by the rustc version); each sample is then two ``rustc`` calls linking them, without Cargo's build-directory lock
-serialising the workers.
+cache (keyed by the rustc version); each sample is then two ``rustc`` calls linking them,
+without Cargo's build-directory lock serialising the workers.
 """
 
 import hashlib
@@ -34,7 +34,8 @@ _PROBE_DECLARATION = ("use rand::Rng;\nuse regex::Regex;\nuse md5;\n\n"
 _PROBE_PROBLEM = {"task_id": "Rust/probe", "declaration": _PROBE_DECLARATION,
                   "test": "#[cfg(test)]\nmod tests {\n    use super::*;\n\n    #[test]\n"
                           "    fn test_probe() {\n"
-                          "        assert_eq!(probe(\"a\"), \"0cc175b9c0f1b6a831c399e269772661\");\n"
+                          "        assert_eq!(probe(\"a\"),\n"
+                          "                   \"0cc175b9c0f1b6a831c399e269772661\");\n"
                           "    }\n}\n"}
 
 
