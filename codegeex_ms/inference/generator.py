@@ -58,11 +58,12 @@ class Generator:
     ``max_length`` bounds prompt + new tokens (default: the model's positions). ``max_decoders``
     (batch or slots, cache length) shapes keep their compiled graphs and caches alive, least
     recently used dropped first (1: only the last shape, the least memory). ``max_slots`` caps
-    the rows decoded together.
+    the rows decoded together. ``speculative``: a
+    :class:`~codegeex_ms.inference.speculative.PromptLookup` to decode with (None: plain).
     """
 
     def __init__(self, model, tokenizer, max_length: int = 0, max_decoders: int = 1,
-                 max_slots: int = 64):
+                 max_slots: int = 64, speculative=None):
         self.model = model
         self.cfg = model.config
         self.tokenizer = tokenizer
@@ -78,6 +79,7 @@ class Generator:
             raise ValueError(f"max_decoders must be >= 1, got {max_decoders}")
         self.max_decoders = max_decoders
         self.max_slots = max_slots
+        self.speculative = speculative     # a PromptLookup for sampling/greedy, or None
         self._decoders = OrderedDict()
         model.set_train(False)
 
@@ -171,11 +173,11 @@ class Generator:
 
     # ------------------------------------------------------------------ sampling / greedy
 
-    def _scheduler(self, rows: int, length: int) -> SlotScheduler:
+    def _scheduler(self, rows: int, length: int, speculative) -> SlotScheduler:
         """The slot scheduler for up to ``rows`` rows of ``length`` positions (LRU-kept)."""
         from codegeex_ms.model.kv_cache import SlotKVCache
         slots = min(bucket(rows, self.max_slots, smallest=1), self.max_slots)
-        key = ("slots", slots, length)
+        key = ("slots", slots, length, speculative)
         if key in self._decoders:
             self._decoders.move_to_end(key)
         else:
@@ -183,8 +185,9 @@ class Generator:
                 self._decoders.popitem(last=False)
             cache = SlotKVCache(self.model, slots, length, self.pad)
             self._decoders[key] = SlotScheduler(cache, self.tokenizer, eod=self.eod,
-                                                real_vocab_size=self.cfg.real_vocab_size)
-            self.timing.compiles.append(key[1:])
+                                                real_vocab_size=self.cfg.real_vocab_size,
+                                                speculative=speculative)
+            self.timing.compiles.append(key[1:3])
         return self._decoders[key]
 
     def slot_scheduler(self, slots: int, length: int = 0, prefill_tokens: int = 2048,
@@ -201,8 +204,12 @@ class Generator:
         """Sampling/greedy through the slot scheduler: row r is a request of its own, seeded with
         ``[seed, r]``; identical prompts are prefilled once."""
         b = len(token_lists)
-        length = bucket(max(len(t) for t in token_lists) + max_new, self.max_length)
-        sched = self._scheduler(b, length)
+        need = max(len(t) for t in token_lists) + max_new
+        spec = self.speculative
+        if spec is not None and need + spec.draft_tokens > self.max_length:
+            spec = None                    # no room for the drafts' margin: decode plainly
+        length = bucket(need + (spec.draft_tokens if spec else 0), self.max_length)
+        sched = self._scheduler(b, length, spec)
         sched.trace = self.trace is not None
         before = vars(sched.stats).copy()
         requests = []

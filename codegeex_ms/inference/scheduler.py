@@ -12,8 +12,9 @@ Every sample row draws from its own NumPy generator, ``default_rng([seed, seed_o
 for sample ``i`` of a seeded request, so its tokens do not depend on which other rows share the
 pool; without a seed the generator is seeded from the OS.
 
-Optionally (``speculative``) greedy rows draft tokens by prompt lookup and verify them several
-at a time; see :mod:`codegeex_ms.inference.speculative`.
+Optionally (``speculative``, a :class:`~codegeex_ms.inference.speculative.PromptLookup`) rows
+draft tokens by prompt lookup and verify them several at a time, exactly; see
+:mod:`codegeex_ms.inference.speculative`.
 """
 
 from __future__ import annotations
@@ -193,9 +194,7 @@ class SlotScheduler:
         if not self.active:
             return
         t0 = time.perf_counter()
-        if self.speculative is not None and self.speculative.applies(self.active.values()):
-            self.speculative.step(self)
-        else:
+        if self.speculative is None or not self.speculative.step(self):
             self._decode_step()
         self.stats.decode_s += time.perf_counter() - t0
 

@@ -69,7 +69,8 @@ def build_context(args, cfg):
     worker = ModelWorker(scheduler, max_queue=args.max_queue, stop_rules=language_stop_fn)
     return ServeContext(
         worker=worker, tokenizer=generator.tokenizer, languages=languages, defaults=cfg.inference,
-        limits=Limits(generator.max_length, args.max_request_rows),
+        limits=Limits(generator.max_length, args.max_request_rows,
+                      vocab_size=generator.tokenizer.vocab_size),
         model_name=args.model_name or Path(args.checkpoint).stem,
         stop_languages=frozenset(n for n in languages.names if language_stop_fn(n) is not None),
         max_body_bytes=args.max_body_kb * 1024)

@@ -2,9 +2,12 @@
 
 Routes:
 
-* ``POST /v1/completions`` -- OpenAI's completions API (prompt, max_tokens, temperature, top_p,
-  top_k, n, stop, stream, seed); ``stream: true`` answers with server-sent events ending in
-  ``data: [DONE]``.
+* ``POST /v1/completions`` -- OpenAI's completions API (prompt as text or token ids, suffix,
+  max_tokens, temperature, top_p, top_k, n, stop, stream, stream_options, seed, logprobs, echo,
+  presence/frequency penalty, best_of = n, user); ``stream: true`` answers with server-sent
+  events ending in ``data: [DONE]``.
+* ``POST /v1/chat/completions`` -- OpenAI's chat API; the chat is rendered into a code prompt
+  (:mod:`codegeex_ms.serve.chat`), logprobs/top_logprobs as OpenAI's.
 * ``POST /v1/code/complete | /v1/code/translate | /v1/code/explain`` -- the three CodeGeeX tasks;
   the same answer format.
 * ``GET /health``, ``GET /v1/models``, ``GET /v1/info`` (languages, defaults and limits).
@@ -35,9 +38,10 @@ from starlette.staticfiles import StaticFiles
 
 from codegeex_ms.inference.prompts import (completion_prompt, explanation_prompt,
                                            resolve_language, translation_prompt)
-from codegeex_ms.serve.schemas import (CodeCompleteBody, CodeExplainBody, CodeTranslateBody,
-                                       CompletionBody, GenerationOptions, Limits, RequestError,
-                                       generation_options, parse_body)
+from codegeex_ms.serve.chat import render_chat
+from codegeex_ms.serve.schemas import (ChatBody, CodeCompleteBody, CodeExplainBody,
+                                       CodeTranslateBody, CompletionBody, GenerationOptions, Limits,
+                                       RequestError, generation_options, parse_body)
 from codegeex_ms.serve.worker import Job, ModelWorker, QueueFull, ShuttingDown
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -71,6 +75,7 @@ def create_app(ctx: ServeContext) -> Starlette:
         Route("/v1/models", partial(models, ctx), methods=["GET"]),
         Route("/v1/info", partial(info, ctx), methods=["GET"]),
         Route("/v1/completions", partial(completions, ctx), methods=["POST"]),
+        Route("/v1/chat/completions", partial(chat_completions, ctx), methods=["POST"]),
         Route("/v1/code/complete", partial(code_complete, ctx), methods=["POST"]),
         Route("/v1/code/translate", partial(code_translate, ctx), methods=["POST"]),
         Route("/v1/code/explain", partial(code_explain, ctx), methods=["POST"]),
@@ -159,7 +164,15 @@ def _language(ctx: ServeContext, name: str, param: str) -> str:
 async def completions(ctx: ServeContext, request: Request) -> Response:
     body = parse_body(CompletionBody, await read_body(request, ctx.max_body_bytes))
     opts = generation_options(body, ctx.defaults, ctx.limits, prompts=len(body.prompt))
-    return await generate(ctx, request, body.prompt, opts, None, "prompt")
+    fmt = CompletionFormat(ctx.tokenizer, body.echo)
+    return await generate(ctx, request, body.prompt, opts, None, "prompt", fmt)
+
+
+async def chat_completions(ctx: ServeContext, request: Request) -> Response:
+    body = parse_body(ChatBody, await read_body(request, ctx.max_body_bytes))
+    opts = generation_options(body, ctx.defaults, ctx.limits)
+    return await generate(ctx, request, [render_chat(body.messages)], opts, None, "messages",
+                          ChatFormat(ctx.tokenizer))
 
 
 async def code_complete(ctx: ServeContext, request: Request) -> Response:
@@ -202,9 +215,17 @@ def _stop_rule(ctx: ServeContext, wanted: bool, language):
 
 
 async def generate(ctx: ServeContext, request: Request, prompts: list, opts: GenerationOptions,
-                   stop_rule, param: str) -> Response:
-    """Tokenize and check ``prompts``, queue the job, answer as JSON or as an event stream."""
-    token_lists = await run_in_threadpool(ctx.tokenizer.encode_batch, prompts)
+                   stop_rule, param: str, fmt=None) -> Response:
+    """Tokenize and check ``prompts`` (strings or token id lists), queue the job, answer as JSON
+    or as an event stream in ``fmt`` (default: completions)."""
+    fmt = fmt or CompletionFormat(ctx.tokenizer)
+    texts = [p for p in prompts if isinstance(p, str)]
+    encoded = iter(await run_in_threadpool(ctx.tokenizer.encode_batch, texts) if texts else [])
+    token_lists = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
+    for i, ids in enumerate(token_lists):
+        if max(ids) >= ctx.limits.vocab_size:
+            raise RequestError(f"{param} {i}: token id {max(ids)} is outside the vocabulary "
+                               f"(0..{ctx.limits.vocab_size - 1})", param)
     room = ctx.limits.max_length - opts.max_tokens
     for i, ids in enumerate(token_lists):
         if len(ids) > room:
@@ -215,36 +236,110 @@ async def generate(ctx: ServeContext, request: Request, prompts: list, opts: Gen
                 f"{param} or lower max_tokens", param)
     job = Job(rows=[ids for ids in token_lists for _ in range(opts.n)], max_tokens=opts.max_tokens,
               sampling=opts.sampling, stop=opts.stop, stop_rule=stop_rule, seed=opts.seed,
-              stream=opts.stream)
+              stream=opts.stream, penalties=opts.penalties, logprobs=opts.logprobs)
     try:
         ctx.worker.submit(job)
     except QueueFull as e:
         raise RequestError(f"server is busy: {e}; retry later", status=429, kind="overloaded_error") from None
     except ShuttingDown as e:
         raise RequestError(str(e), status=503, kind="unavailable_error") from None
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+    meta = {"id": f"{fmt.id_prefix}-{uuid.uuid4().hex}", "object": fmt.object,
             "created": int(time.time()), "model": ctx.model_name}
     prompt_tokens = sum(len(ids) for ids in token_lists)
+    prompt_texts = [p if isinstance(p, str) else None for p in prompts]
+    rows_prompt = [prompt_texts[i // opts.n] if prompt_texts[i // opts.n] is not None
+                   else token_lists[i // opts.n] for i in range(len(job.rows))]
     if opts.stream:
-        return JobEventStream(ctx.worker, job, _events(job, meta))
+        return JobEventStream(ctx.worker, job, _events(job, meta, fmt, rows_prompt,
+                                                       prompt_tokens if opts.include_usage else None))
     event = await _outcome_or_disconnect(ctx.worker, job, request)
     if event is None:   # the client left; nobody reads this answer
         return Response(status_code=499)
     if event[0] == "error":
         raise RequestError(event[1], status=500, kind="server_error")
     outs = event[1]
+    return JSONResponse({**meta, "choices": [fmt.choice(i, c, rows_prompt[i]) for i, c in enumerate(outs)],
+                         "usage": _usage(prompt_tokens, outs)})
+
+
+def _usage(prompt_tokens: int, outs) -> dict:
     completion_tokens = sum(len(c.token_ids) for c in outs)
-    return JSONResponse({**meta, "choices": [_choice(i, c.text, c) for i, c in enumerate(outs)],
-                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                   "total_tokens": prompt_tokens + completion_tokens}})
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _choice(index: int, text: str, completion=None) -> dict:
-    """One OpenAI choice; ``finish_reason`` is "length" or "stop" (EOS, stop string or rule)."""
-    reason = None
-    if completion is not None:
-        reason = "length" if completion.finish_reason == "length" else "stop"
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+def _reason(completion) -> str:
+    """OpenAI's ``finish_reason``: "length", else "stop" (EOS, stop string or rule)."""
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+class CompletionFormat:
+    """Choices and chunks of ``/v1/completions`` (and the code task endpoints)."""
+
+    id_prefix, object = "cmpl", "text_completion"
+
+    def __init__(self, tokenizer, echo: bool = False):
+        self.tokenizer, self.echo = tokenizer, echo
+
+    def _prompt_text(self, prompt) -> str:
+        return prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
+
+    def choice(self, index: int, completion, prompt) -> dict:
+        text = (self._prompt_text(prompt) if self.echo else "") + completion.text
+        logprobs = None
+        if completion.logprobs is not None:
+            tokens = [self.tokenizer.decode([t]) for t, _, _ in completion.logprobs]
+            offsets, at = [], 0
+            for tok in tokens:
+                offsets.append(at)
+                at += len(tok)
+            logprobs = {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in completion.logprobs],
+                        "top_logprobs": [{self.tokenizer.decode([i]): v for i, v in top.items()}
+                                         for _, _, top in completion.logprobs] if any(
+                            top for _, _, top in completion.logprobs) else None,
+                        "text_offset": offsets}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": _reason(completion)}
+
+    def chunk(self, index: int, text: str) -> dict:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+
+    def opening(self, index: int, prompt):
+        """The first chunk of choice ``index``: the prompt with ``echo``, else nothing."""
+        return self.chunk(index, self._prompt_text(prompt)) if self.echo else None
+
+    def final(self, index: int, completion) -> dict:
+        return {"index": index, "text": "", "logprobs": None, "finish_reason": _reason(completion)}
+
+
+class ChatFormat:
+    """Choices and chunks of ``/v1/chat/completions``."""
+
+    id_prefix, object = "chatcmpl", "chat.completion"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def _entry(self, token: int, logp: float) -> dict:
+        text = self.tokenizer.decode([token])
+        return {"token": text, "logprob": logp, "bytes": list(text.encode("utf-8"))}
+
+    def choice(self, index: int, completion, _prompt) -> dict:
+        logprobs = None
+        if completion.logprobs is not None:
+            logprobs = {"content": [{**self._entry(t, lp), "top_logprobs": [
+                self._entry(i, v) for i, v in top.items()]} for t, lp, top in completion.logprobs]}
+        return {"index": index, "message": {"role": "assistant", "content": completion.text},
+                "logprobs": logprobs, "finish_reason": _reason(completion)}
+
+    def chunk(self, index: int, text: str) -> dict:
+        return {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+
+    def opening(self, index: int, _prompt) -> dict:
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None}
+
+    def final(self, index: int, completion) -> dict:
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": _reason(completion)}
 
 
 def _sse(payload) -> str:
@@ -267,15 +362,25 @@ class JobEventStream(StreamingResponse):
             self.worker.cancel(self.job)   # no effect once the job has finished
 
 
-async def _events(job: Job, meta: dict):
-    """The job's events as OpenAI completion chunks, a final chunk per choice, then ``[DONE]``."""
+async def _events(job: Job, meta: dict, fmt, rows_prompt: list, usage_prompt_tokens=None):
+    """The job's events as chunks of ``fmt`` (an opening chunk per choice where the format has
+    one, text chunks, a final chunk per choice), a usage chunk when ``usage_prompt_tokens`` is
+    given, then ``[DONE]``."""
+    if fmt.object == "chat.completion":
+        meta = {**meta, "object": "chat.completion.chunk"}
+    for i, prompt in enumerate(rows_prompt):
+        first = fmt.opening(i, prompt)
+        if first is not None:
+            yield _sse({**meta, "choices": [first]})
     while True:
         event = await job.events.get()
         if event[0] == "text":
-            yield _sse({**meta, "choices": [_choice(event[1], event[2])]})
+            yield _sse({**meta, "choices": [fmt.chunk(event[1], event[2])]})
         elif event[0] == "done":
             for i, c in enumerate(event[1]):
-                yield _sse({**meta, "choices": [_choice(i, "", c)]})
+                yield _sse({**meta, "choices": [fmt.final(i, c)]})
+            if usage_prompt_tokens is not None:
+                yield _sse({**meta, "choices": [], "usage": _usage(usage_prompt_tokens, event[1])})
             break
         else:
             yield _sse(RequestError(event[1], status=500, kind="server_error").body())
