@@ -46,8 +46,9 @@ HOSTILE = {
                                       "builtins.abs = lambda x: 0\n", {FAILED}),
         "steal_nonce_then_exit": (0, "    import os, gc\n"
                                      "    found = []\n"
-                                     "    for path in ('harness.json', f'/proc/{os.getppid()}/environ',"
-                                     " f'/proc/{os.getppid()}/mem'):\n"
+                                     "    parent = f'/proc/{os.getppid()}'\n"
+                                     "    for path in ('harness.json', parent + '/environ',"
+                                     " parent + '/mem'):\n"
                                      "        try:\n"
                                      "            found.append(open(path, 'rb').read(1 << 16))\n"
                                      "        except OSError:\n"
@@ -60,12 +61,12 @@ HOSTILE = {
                                      "    os._exit(0)\n", {FAILED}),
     },
     "js": {
-        "process_exit": (0, f"  console.log('{MARKER} {ANY_FAKE_NONCE}');\n  process.exit(0);\n}}\n",
-                         {FAILED}),
+        "process_exit": (0, f"  console.log('{MARKER} {ANY_FAKE_NONCE}');\n"
+                            "  process.exit(0);\n}\n", {FAILED}),
         "console_assert_override": (0, "  return false;\n}\nconsole.assert = () => {};\n",
                                     {FAILED}),
-        "escape_via_constructor": (0, "  const p = this.constructor.constructor('return process')();\n"
-                                      "  p.exit(0);\n}\n", {FAILED}),
+        "escape_via_constructor": (0, "  const f = this.constructor.constructor;\n"
+                                      "  f('return process')().exit(0);\n}\n", {FAILED}),
         "escape_via_stack_trace": (0, "  Error.prepareStackTrace = (e, frames) => {\n"
                                       "    for (const f of frames) {\n"
                                       "      const t = f.getThis();\n"
@@ -76,15 +77,18 @@ HOSTILE = {
         "escape_via_caller": (0, "  const caller = hasCloseElements.caller;\n"
                                  "  caller.constructor('return process')().exit(0);\n}\n",
                               {FAILED}),
-        "equal_to_everything": (0, "  return {valueOf() { return true; }, toString() { return 'true'; }};\n}\n",
-                                {FAILED}),
-        "poison_host_json": (0, "  JSON.stringify = () => '';\n  Array.prototype.toString = () => '';\n"
-                                "  return false;\n}\n", {FAILED}),
-        "require_child_process": (0, "  require('child_process').execSync('true');\n}\n", {FAILED}),
+        "equal_to_everything": (0, "  return {valueOf() { return true; },\n"
+                                   "          toString() { return 'true'; }};\n}\n", {FAILED}),
+        "poison_host_json": (0, "  JSON.stringify = () => '';\n"
+                                "  Array.prototype.toString = () => '';\n  return false;\n}\n",
+                             {FAILED}),
+        "require_child_process": (0, "  require('child_process').execSync('true');\n}\n",
+                                  {FAILED}),
     },
     "cpp": {
         "global_ctor_exit": (0, "    return false;\n}\n#include<cstdlib>\n"
-                                f"static struct Early {{ Early() {{ printf(\"{MARKER} {ANY_FAKE_NONCE}\\n\");"
+                                "static struct Early { Early() { "
+                                f"printf(\"{MARKER} {ANY_FAKE_NONCE}\\n\");"
                                 " std::exit(0); } } early;\n", {FAILED}),
         "define_main": (0, "    return false;\n}\n#define main ignored_main\n"
                            "#define assert(x) ((void)0)\n", {FAILED}),
@@ -97,7 +101,8 @@ HOSTILE = {
         "memcmp_interposed": (27, "    return string(str.size(), 'x');\n}\n"
                                   "extern \"C\" int memcmp(const void*, const void*, size_t) "
                                   "{ return 0; }\n"
-                                  "extern \"C\" int strcmp(const char*, const char*) { return 0; }\n",
+                                  "extern \"C\" int strcmp(const char*, const char*) "
+                                  "{ return 0; }\n",
                               {FAILED}),
         "read_nonce_macro": (0, "    return false;\n}\nstatic struct Early { Early() { "
                                 "printf(\"%s\\n\", CODEGEEX_NONCE); exit(0); } } early;\n",
@@ -105,10 +110,11 @@ HOSTILE = {
     },
     "java": {
         "static_initializer_exit": (0, "        return false;\n    }\n    static {\n"
-                                       f"        System.out.println(\"{MARKER} {ANY_FAKE_NONCE}\");\n"
+                                       "        System.out.println(\""
+                                       f"{MARKER} {ANY_FAKE_NONCE}\");\n"
                                        "        System.exit(0);\n    }\n}\n", {FAILED}),
-        "shutdown_hook_halts_zero": (0, "        Runtime.getRuntime().addShutdownHook(new Thread(() ->"
-                                        " Runtime.getRuntime().halt(0)));\n"
+        "shutdown_hook_halts_zero": (0, "        Runtime.getRuntime().addShutdownHook("
+                                        "new Thread(() -> Runtime.getRuntime().halt(0)));\n"
                                         "        return false;\n    }\n}\n", {FAILED}),
         "shadow_arrays_and_assertion_error": (
             0, "        return false;\n    }\n}\n"
@@ -117,8 +123,8 @@ HOSTILE = {
                "class AssertionError extends RuntimeException {\n"
                "    AssertionError() { System.exit(0); }\n}\n", {FAILED}),
         "steal_nonce_file": (0, "        return false;\n    }\n    static {\n        try {\n"
-                                "            String n = new String(java.nio.file.Files.readAllBytes("
-                                "java.nio.file.Paths.get(\"nonce\"))).trim();\n"
+                                "            String n = new String(java.nio.file.Files"
+                                ".readAllBytes(java.nio.file.Paths.get(\"nonce\"))).trim();\n"
                                 f"            System.out.println(\"{MARKER} \" + n);\n"
                                 "        } catch (Exception e) {}\n"
                                 "        Runtime.getRuntime().halt(0);\n    }\n}\n", {FAILED}),
@@ -140,7 +146,8 @@ HOSTILE = {
                                f"        println!(\"{MARKER} {ANY_FAKE_NONCE}\");\n"
                                "        std::process::exit(0);\n    }\n    early\n};\n", {FAILED}),
         "assert_macros_overridden": (0, "    return false;\n}\n"
-                                        "#[macro_export]\nmacro_rules! assert_eq { ($($t:tt)*) => {} }\n"
+                                        "#[macro_export]\n"
+                                        "macro_rules! assert_eq { ($($t:tt)*) => {} }\n"
                                         "macro_rules! assert { ($($t:tt)*) => {} }\n", {FAILED}),
         "shadow_vec": (14, "    unimplemented!()\n}\npub struct Vec<T>(std::vec::Vec<T>);\n"
                            "impl<T, U> PartialEq<U> for Vec<T> {\n"
