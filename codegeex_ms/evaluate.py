@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "solutions (harness check)")
     cli_common.add_config_args(g)
     cli_common.add_checkpoint_arg(g, required=False, help_text="model checkpoint (for --generator model)")
+    g.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
     cli_common.add_tokenizer_dir_arg(g)
     g.add_argument("--mode", choices=("graph", "pynative"), default="graph",
                    help="MindSpore execution mode")
@@ -144,7 +145,7 @@ def _model_generate_fn(args):
     from .inference.sampling import SamplingParams
     generator = load_generator(cli_common.config_for_checkpoint(args, args.checkpoint),
                                args.checkpoint, args.tokenizer_dir,
-                               args.mode, args.device_target)
+                               args.mode, args.device_target, adapter=args.adapter)
 
     def generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed, stop_fn):
         # The generator's stop callback returns the final text (or None to go on); the full

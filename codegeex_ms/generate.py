@@ -20,11 +20,12 @@ from codegeex_ms.inference.prompts import TASKS
 
 
 def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode: str = "graph",
-                   device_target: str | None = None):
+                   device_target: str | None = None, adapter: str | None = None):
     """A ready :class:`~codegeex_ms.inference.generator.Generator` for a config and checkpoint.
 
     ``checkpoint`` may be a MindSpore .ckpt/.safetensors, an INT8 checkpoint written by
-    ``codegeex_ms.quantize``, or a release-layout .pt.
+    ``codegeex_ms.quantize``, or a release-layout .pt. ``adapter``: a LoRA adapter file applied
+    over it without merging (:func:`codegeex_ms.lora.load_model_with_adapter`).
     """
     from codegeex_ms import runtime
     from codegeex_ms.inference.generator import Generator
@@ -36,7 +37,12 @@ def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                          f"{cfg.model.vocab_size} vocabulary rows: wrong --tokenizer-dir or config?")
     runtime.setup(mode, device_target)
-    return Generator(load_model(cfg.model, checkpoint), tokenizer, cfg.inference.max_length)
+    if adapter:
+        from codegeex_ms.lora import load_model_with_adapter
+        model = load_model_with_adapter(cfg.model, checkpoint, adapter)
+    else:
+        model = load_model(cfg.model, checkpoint)
+    return Generator(model, tokenizer, cfg.inference.max_length)
 
 
 def build_prompt(args, code: str) -> str:
@@ -92,6 +98,7 @@ def parse_args(argv=None):
     from codegeex_ms.runtime import add_runtime_args
     add_runtime_args(parser)
     cli_common.add_checkpoint_arg(parser)
+    parser.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
     cli_common.add_tokenizer_dir_arg(parser)
     parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
     src = parser.add_mutually_exclusive_group()
@@ -141,7 +148,8 @@ def main(argv=None) -> int:
         stop_fn = language_stop_fn(args.language)
 
     try:
-        generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target)
+        generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target,
+                                   adapter=args.adapter)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     stream = args.num_samples == 1 and args.num_beams == 1 and not args.no_stream

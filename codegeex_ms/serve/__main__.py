@@ -32,6 +32,7 @@ def parse_args(argv=None):
     cli_common.add_config_args(parser, required=True)
     add_runtime_args(parser)
     cli_common.add_checkpoint_arg(parser)
+    parser.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
     cli_common.add_tokenizer_dir_arg(parser)
     parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -64,7 +65,8 @@ def build_context(args, cfg):
     from codegeex_ms.serve.worker import ModelWorker
 
     languages = Languages.load(args.language_tags)
-    generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target)
+    generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target,
+                               adapter=args.adapter)
     scheduler = generator.slot_scheduler(args.max_batch, prefill_tokens=args.prefill_tokens)
     worker = ModelWorker(scheduler, max_queue=args.max_queue, stop_rules=language_stop_fn)
     return ServeContext(
