@@ -143,7 +143,7 @@ def test_sharded_loss_and_gradients_equal_unsharded(reference, dp, mp):
                                    err_msg=name)
     kinds = {(op, group) for op, group, _ in log}
     assert ("AllReduce-sum", "mp") in kinds and ("AllReduce-max", "mp") in kinds
-    assert (("AllReduce-sum", "dp") in kinds) == (dp > 1) or dp == 1
+    assert ("AllReduce-sum", "dp") in kinds     # the loss sums and the gradient Mirror
 
 
 def test_float64_mesh_equals_float64_single_device(reference):
