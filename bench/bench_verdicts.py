@@ -52,7 +52,9 @@ def measure(languages, problems: int, workers: int) -> dict:
 
 
 def measure_ref(ref: str, args) -> dict:
-    """Run this script's measurement on the tree of git revision ``ref``."""
+    """Run this script's measurement on the tree of git revision ``ref`` (with this tree's
+    shared data directory)."""
+    from codegeex_ms.paths import shared_data_dir
     with tempfile.TemporaryDirectory(prefix="bench_verdicts_") as tmp:
         archive = subprocess.run(["git", "archive", ref], cwd=REPO_ROOT, check=True,
                                  capture_output=True).stdout
@@ -61,7 +63,8 @@ def measure_ref(ref: str, args) -> dict:
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", tmp,
                         "--languages", ",".join(args.languages), "--problems",
                         str(args.problems), "--workers", str(args.workers), "--json", str(out)],
-                       check=True, env={**os.environ, "PYTHONPATH": tmp})
+                       check=True, env={**os.environ, "PYTHONPATH": tmp,
+                                        "CODEGEEX_SHARED_DATA": str(shared_data_dir())})
         return json.loads(out.read_text())
 
 
