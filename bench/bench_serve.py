@@ -1,18 +1,20 @@
-"""Throughput and latency of ``python -m codegeex_ms.serve`` under concurrent load, batching on vs off.
+"""Throughput and latency of ``python -m codegeex_ms.serve`` under concurrent mixed load: the
+continuous-batching server side by side with the server of an earlier commit (``--baseline-ref``,
+default the last commit before the slot scheduler), in one run.
 
-For each ``--max-batch`` value (1 = batching off) a server is started on a free localhost port
-with a tiny random-weight model (or ``--checkpoint``) and driven by a closed-loop async load
-generator: ``--concurrency`` clients each send one ``/v1/completions`` request, wait for the
-answer, and send the next, until ``--requests`` answers came back or ``--duration`` seconds
-passed. Every request has the same sampling options and max_tokens (so the server may batch
-them) and one of a few code prompts of different lengths. Before measuring, bursts of 1, 2, 4, ...
-simultaneous requests (up to the batch and client limits) compile the batch shapes the run uses.
+Each variant is started on a free localhost port with the same tiny random-weight model (or
+``--checkpoint``) and driven by a closed-loop async load generator: ``--concurrency`` clients
+each send one streamed ``/v1/completions`` request, read it to the end, and send the next, until
+``--requests`` answers came back. Prompts and ``max_tokens`` are mixed (request i: prompt
+``i % 6``, max_tokens from ``--max-tokens-mix`` by a seeded draw), the same sequence for every
+variant. A warm-up load of the same kind runs first, so compiling is not measured.
 
-Reported per run: requests/s, completion tokens/s, latency p50/p99 (seconds from sending to the
-full answer), failures (HTTP 429 or other) and the mean rows per model batch (from ``/health``).
-The load generator runs on the same machine as the server and shares its CPUs.
+Reported per variant: requests/s, completion tokens/s (from the server's counters), latency
+p50/p99/max (sending to the last event), time to first token p50/p99 (to the first non-empty
+text event), failures; "max/p50" shows whether any request starved. The load generator runs on
+the same machine as the server and shares its CPUs.
 
-    python bench/bench_serve.py [--json PATH] [--max-batch 1,8] [--concurrency 8] [--requests 64]
+    python bench/bench_serve.py [--json PATH] [--concurrency 32] [--requests 96] [--max-batch 32]
 """
 
 from __future__ import annotations
@@ -55,21 +57,26 @@ def parse_args(argv=None):
                         help="config override, repeatable")
     parser.add_argument("--checkpoint", help="weights to serve (default: random weights for --config)")
     parser.add_argument("--tokenizer-dir", help="tokenizer directory (default: shared data)")
-    parser.add_argument("--max-batch", default="1,8",
-                        help="comma-separated --max-batch values to compare; 1 = no batching (default: %(default)s)")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=8, help="clients sending at once (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=64, help="answers to collect per run (default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=32, help="--max-batch of both servers (default: %(default)s)")
+    parser.add_argument("--baseline-ref", default="03f38da",
+                        help="git commit whose server is the baseline ('' to skip; default: the "
+                             "last commit before continuous batching)")
+    parser.add_argument("--baseline-root", help="an existing checkout to run the baseline server from "
+                                                "(instead of extracting --baseline-ref)")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients sending at once (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=96, help="answers to collect per run (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=48, help="requests sent before measuring (default: %(default)s)")
+    parser.add_argument("--max-tokens-mix", default="8,16,32,64",
+                        help="max_tokens values drawn per request (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=300.0,
                         help="stop sending after this many seconds per run (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    args.max_batch = [int(b) for b in args.max_batch.split(",")]
-    if args.concurrency < 1 or args.requests < 1 or min(args.max_batch) < 1:
-        parser.error("--concurrency, --requests and every --max-batch must be >= 1")
+    args.max_tokens_mix = [int(t) for t in args.max_tokens_mix.split(",")]
+    if args.concurrency < 1 or args.requests < 1 or args.max_batch < 1 or min(args.max_tokens_mix) < 1:
+        parser.error("--concurrency, --requests, --max-batch and every --max-tokens-mix must be >= 1")
     return args
 
 
@@ -86,17 +93,19 @@ def random_checkpoint(args, folder: Path) -> str:
 
 
 class Server:
-    """The server as a subprocess; ``url`` once it listens."""
+    """A server as a subprocess (from ``root``, a checkout); ``url`` once it listens."""
 
-    def __init__(self, args, checkpoint: str, max_batch: int, log_path: Path):
+    def __init__(self, args, checkpoint: str, root: Path, extra: list, log_path: Path):
+        from codegeex_ms.paths import shared_data_dir
         cmd = [sys.executable, "-m", "codegeex_ms.serve", "--config", args.config, "--checkpoint", checkpoint,
-               "--port", "0", "--log-level", "warning", "--max-batch", str(max_batch),
-               "--batch-window-ms", str(args.batch_window_ms), "--max-queue", str(4 * args.concurrency)]
+               "--port", "0", "--log-level", "warning", "--max-batch", str(args.max_batch),
+               "--max-queue", str(4 * args.concurrency), "--max-request-rows", "8", *extra]
         cmd += [arg for item in args.overrides for arg in ("--set", item)]
         if args.tokenizer_dir:
             cmd += ["--tokenizer-dir", args.tokenizer_dir]
+        env = {**os.environ, "CODEGEEX_SHARED_DATA": str(shared_data_dir()), "PYTHONPATH": str(root)}
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         line = self.proc.stdout.readline()
         match = re.search(r"serving on (http://\S+)", line)
         if not match:
@@ -111,59 +120,75 @@ class Server:
         self.log.close()
 
 
-async def load(url: str, args, concurrency: int, total: int, deadline: float, progress=None) -> dict:
-    """Closed loop: ``concurrency`` clients send requests until ``total`` answers or ``deadline``."""
-    latencies, tokens, failures = [], 0, {}
+def request_body(args, i: int) -> dict:
+    """Request ``i`` of the mixed load (the same for every variant)."""
+    rng = np.random.default_rng(1000 + i)
+    return {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": int(rng.choice(args.max_tokens_mix)),
+            "temperature": args.temperature, "top_p": args.top_p, "stream": True}
+
+
+async def load(url: str, args, total: int, progress=None) -> dict:
+    """Closed loop: ``args.concurrency`` clients send streamed requests until ``total`` answers."""
+    latencies, ttfts, failures = [], [], {}
     sent = 0
 
     async def client(http: httpx.AsyncClient):
-        nonlocal sent, tokens
-        while sent < total and time.perf_counter() < deadline:
-            body = {"prompt": PROMPTS[sent % len(PROMPTS)], "max_tokens": args.max_tokens,
-                    "temperature": args.temperature, "top_p": args.top_p}
+        nonlocal sent
+        while sent < total:
+            body = request_body(args, sent)
             sent += 1
             start = time.perf_counter()
-            r = await http.post("/v1/completions", json=body)
-            if r.status_code == 200:
-                latencies.append(time.perf_counter() - start)
-                tokens += r.json()["usage"]["completion_tokens"]
-            else:
-                failures[r.status_code] = failures.get(r.status_code, 0) + 1
+            first = None
+            async with http.stream("POST", "/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    failures[r.status_code] = failures.get(r.status_code, 0) + 1
+                    continue
+                async for line in r.aiter_lines():
+                    if first is None and line.startswith("data: {") and '"text": ""' not in line:
+                        first = time.perf_counter() - start
+            latencies.append(time.perf_counter() - start)
+            ttfts.append(first if first is not None else latencies[-1])
             if progress is not None:
                 progress.update()
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as http:
         start = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        await asyncio.gather(*(client(http) for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - start
-    return {"latencies": latencies, "tokens": tokens, "failures": failures, "elapsed_s": elapsed}
+    return {"latencies": latencies, "ttfts": ttfts, "failures": failures, "elapsed_s": elapsed}
 
 
-def run(args, checkpoint: str, max_batch: int, folder: Path) -> dict:
-    server = Server(args, checkpoint, max_batch, folder / f"server_b{max_batch}.log")
+def checkout(ref: str, folder: Path) -> Path:
+    """The tree of commit ``ref`` extracted under ``folder``."""
+    root = folder / f"tree_{ref}"
+    root.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+def run(args, checkpoint: str, name: str, root: Path, extra: list, folder: Path) -> dict:
+    server = Server(args, checkpoint, root, extra, folder / f"server_{name}.log")
     try:
-        burst = 1
-        while burst <= min(max_batch, args.concurrency):   # compile the batch shapes of this load
-            for _ in range(2):
-                asyncio.run(load(server.url, args, burst, burst, float("inf")))
-            burst *= 2
+        asyncio.run(load(server.url, args, args.warmup))
         before = httpx.get(server.url + "/health").json()["worker"]
-        with tqdm(total=args.requests, desc=f"max_batch={max_batch}", unit="req") as bar:
-            res = asyncio.run(load(server.url, args, args.concurrency, args.requests,
-                                   time.perf_counter() + args.duration, bar))
+        with tqdm(total=args.requests, desc=name, unit="req") as bar:
+            res = asyncio.run(load(server.url, args, args.requests, bar))
         after = httpx.get(server.url + "/health").json()["worker"]
     finally:
         server.stop()
-    lat = np.array(res["latencies"])
-    batches = after["batches"] - before["batches"]
+    lat, ttft = np.array(res["latencies"]), np.array(res["ttfts"])
+    tokens = after["completion_tokens"] - before["completion_tokens"]
+    pct = lambda a, q: float(np.percentile(a, q)) if len(a) else None  # noqa: E731
     return {
-        "max_batch": max_batch, "concurrency": args.concurrency, "answered": len(lat),
+        "server": name, "concurrency": args.concurrency, "answered": len(lat),
         "failures": res["failures"], "elapsed_s": res["elapsed_s"],
-        "requests_per_s": len(lat) / res["elapsed_s"], "tokens_per_s": res["tokens"] / res["elapsed_s"],
-        "latency_p50_s": float(np.percentile(lat, 50)) if len(lat) else None,
-        "latency_p99_s": float(np.percentile(lat, 99)) if len(lat) else None,
-        "mean_batch_rows": (after["batch_rows"] - before["batch_rows"]) / batches if batches else None,
+        "requests_per_s": len(lat) / res["elapsed_s"], "tokens_per_s": tokens / res["elapsed_s"],
+        "latency_p50_s": pct(lat, 50), "latency_p99_s": pct(lat, 99),
+        "latency_max_s": float(lat.max()) if len(lat) else None,
+        "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99),
     }
 
 
@@ -172,23 +197,30 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         folder = Path(tmp)
         checkpoint = args.checkpoint or random_checkpoint(args, folder)
-        results = [run(args, checkpoint, b, folder) for b in args.max_batch]
+        variants = []
+        if args.baseline_ref or args.baseline_root:
+            root = Path(args.baseline_root) if args.baseline_root else checkout(args.baseline_ref, folder)
+            variants.append((f"before ({args.baseline_ref or root.name})", root, ["--batch-window-ms", "5"]))
+        variants.append(("continuous batching", REPO_ROOT, []))
+        results = [run(args, checkpoint, name, root, extra, folder) for name, root, extra in variants]
 
     print(f"\nconfig {args.config} {' '.join(args.overrides)} | {args.concurrency} concurrent clients | "
-          f"max_tokens {args.max_tokens}, temperature {args.temperature}, top_p {args.top_p} | "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'max_batch':>9} {'answered':>8} {'failed':>6} {'req/s':>7} {'tok/s':>7} "
-          f"{'p50 s':>7} {'p99 s':>7} {'rows/batch':>10}")
+          f"max_tokens from {args.max_tokens_mix}, temperature {args.temperature}, top_p {args.top_p} | "
+          f"--max-batch {args.max_batch} | {os.cpu_count()} CPUs (shared machine)")
+    print(f"{'server':>26} {'answered':>8} {'failed':>6} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} "
+          f"{'p99 s':>7} {'max/p50':>7} {'TTFT p50':>8} {'TTFT p99':>8}")
     for r in results:
         fmt = lambda v: f"{v:7.3f}" if v is not None else "      -"  # noqa: E731
-        rows = f"{r['mean_batch_rows']:10.2f}" if r["mean_batch_rows"] is not None else "         -"
-        print(f"{r['max_batch']:>9} {r['answered']:>8} {sum(r['failures'].values()):>6} "
+        starve = r["latency_max_s"] / r["latency_p50_s"] if r["latency_p50_s"] else float("nan")
+        print(f"{r['server']:>26} {r['answered']:>8} {sum(r['failures'].values()):>6} "
               f"{r['requests_per_s']:7.2f} {r['tokens_per_s']:7.1f} {fmt(r['latency_p50_s'])} "
-              f"{fmt(r['latency_p99_s'])} {rows}")
+              f"{fmt(r['latency_p99_s'])} {starve:7.2f} {r['ttft_p50_s']:8.3f} {r['ttft_p99_s']:8.3f}")
+    if len(results) == 2:
+        print(f"throughput ratio (continuous / before): {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
     if args.json:
         report = {"config": args.config, "overrides": args.overrides, "checkpoint": args.checkpoint,
-                  "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-                  "batch_window_ms": args.batch_window_ms, "machine": platform.platform(),
+                  "max_tokens_mix": args.max_tokens_mix, "temperature": args.temperature,
+                  "top_p": args.top_p, "max_batch": args.max_batch, "machine": platform.platform(),
                   "cpus": os.cpu_count(), "runs": results}
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
