@@ -35,23 +35,21 @@ def require_language(executor: Executor, language: str) -> None:
         unavailable(f"{language} toolchain unusable: {executor.skipped[language]}")
 
 
-def processes_of(uids) -> list:
-    """(pid, uid, command) of live (non-zombie) processes whose real uid is in ``uids``."""
+def leftovers(executor: Executor) -> list:
+    """(pid, command) of live processes still in one of the executor's cgroups (every sandboxed
+    process is born in one, and cannot leave it)."""
+    names = {base.name for base in executor.sandbox.cgroups.bases}
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{pid}/cgroup") as f:
+                groups = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        uid = int(fields.get("Uid", "-1").split()[0])
-        if uid in uids and not fields.get("State", "").strip().startswith("Z"):
-            found.append((int(pid), uid, cmd))
+        if state != "Z" and any(name in groups for name in names):
+            found.append((int(pid), cmd))
     return found
-
-
-def slot_uids(executor: Executor) -> set:
-    sb = executor.sandbox
-    return set(range(sb.uid_base, sb.uid_base + sb.workers)) if sb.switch_uid else set()
