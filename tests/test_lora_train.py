@@ -178,3 +178,37 @@ def test_trained_base_stays_bit_identical_and_resume_checks_the_base(setup):
         "train.train_steps=6",))
     with pytest.raises(ValueError, match="trained on base base.ckpt .* resume with the original base"):
         run(cfg2, resume=True, progress=False)
+
+
+def test_lora_trains_over_an_int8_base(setup):
+    """W8A16 base (quantized from the FP16 one): a few steps run with finite, falling-or-not but
+    finite losses, the int8 weights and FP32 scales stay bit-identical to the INT8 file, and the
+    adapters are FP32 and move."""
+    from codegeex_ms import runtime
+    from codegeex_ms.checkpoint import open_weights
+    from codegeex_ms.config import load_config
+    from codegeex_ms.lora import is_frozen
+    from codegeex_ms.quantize import quantize_checkpoint
+    from codegeex_ms.train.data import micro_batches
+    from codegeex_ms.train.distributed import init_topology
+    from codegeex_ms.train.loop import Trainer
+
+    tmp = setup
+    quantize_checkpoint(tmp / "base.ckpt", tmp / "base_int8.ckpt")
+    cfg = load_config(str(tmp / "lora.yaml"), tuple(overrides(tmp, tmp / "run8", "base_int8.ckpt")) + (
+        "model.weight_quant=int8",))
+    runtime.setup("graph", None, seed=cfg.train.seed)
+    trainer = Trainer(cfg, init_topology(cfg, "CPU"), "CPU")
+    batches = micro_batches(cfg, 0, 1, 0, 3)
+    results = [trainer.run_step([next(batches)], i) for i in range(3)]
+    assert all(np.isfinite(r[0]) and r[1] for r in results), results
+    with open_weights(tmp / "base_int8.ckpt") as f:
+        frozen = {path.replace(".base.", "."): p for path, p in trainer.model.parameters_and_names()
+                  if is_frozen(p)}
+        assert set(frozen) == set(f.infos)
+        q = "language_model.transformer.layers.0.attention.query.weight"
+        assert frozen[q].asnumpy().dtype == np.int8 and frozen[q + "_scale"].asnumpy().dtype == np.float32
+        for name, p in frozen.items():
+            assert p.asnumpy().tobytes() == f.read(name).astype(p.asnumpy().dtype).tobytes(), name
+    moved = [p for p in trainer.model.trainable_params() if p.name.endswith(".lora_b")]
+    assert moved and all(p.asnumpy().dtype == np.float32 and np.abs(p.asnumpy()).max() > 0 for p in moved)
