@@ -215,11 +215,11 @@ def test_verdict_needs_this_samples_nonce(language):
     def result(stdout, code=0):
         return RunResult(code, stdout, "", False, False, 0.1)
 
-    go_events = ('{"Action":"pass","Test":"TestX"}\n' if language == "go" else "")
-    assert runner.verdict(result(go_events + marker_line("f" * 32) + "\n"), check)[0]
-    assert not runner.verdict(result(go_events + marker_line("e" * 32) + "\n"), check)[0]
-    assert not runner.verdict(result(go_events + "PASS\n"), check)[0]
-    assert not runner.verdict(result(go_events + marker_line("f" * 32), code=1), check)[0]
+    go_lines = "=== RUN   TestX\n--- PASS: TestX (0.00s)\n" if language == "go" else ""
+    assert runner.verdict(result(go_lines + marker_line("f" * 32) + "\n"), check)[0]
+    assert not runner.verdict(result(go_lines + marker_line("e" * 32) + "\n"), check)[0]
+    assert not runner.verdict(result(go_lines + "PASS\n"), check)[0]
+    assert not runner.verdict(result(go_lines + marker_line("f" * 32), code=1), check)[0]
 
 
 def test_go_verdict_needs_every_test_reported_passed():
@@ -227,13 +227,13 @@ def test_go_verdict_needs_every_test_reported_passed():
     check = Check("a" * 32, ("TestA", "TestB"))
     marker = marker_line("a" * 32) + "\n"
 
-    def verdict(events):
-        return runner.verdict(RunResult(0, events + marker, "", False, False, 0.1), check)
+    def verdict(lines):
+        return runner.verdict(RunResult(0, lines + marker, "", False, False, 0.1), check)
 
-    assert verdict('{"Action":"pass","Test":"TestA"}\n{"Action":"pass","Test":"TestB"}\n')[0]
-    assert not verdict('{"Action":"pass","Test":"TestA"}\n')[0]
-    assert not verdict('{"Action":"pass","Test":"TestA"}\n{"Action":"fail","Test":"TestB"}\n'
-                       '{"Action":"pass","Test":"TestB"}\n')[0]
+    assert verdict("--- PASS: TestA (0.00s)\n--- PASS: TestB (0.01s)\nPASS\n")[0]
+    assert not verdict("--- PASS: TestA (0.00s)\nPASS\n")[0]
+    assert not verdict("--- PASS: TestA (0.00s)\n--- FAIL: TestB (0.00s)\n"
+                       "--- PASS: TestB (0.00s)\n")[0]
 
 
 def test_python_answers_decode_to_plain_builtins_only():

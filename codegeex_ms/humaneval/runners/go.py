@@ -1,5 +1,5 @@
 """Go: ``go test -c`` of the sample's test file plus the harness's ``TestMain`` file, then the
-test binary run under ``go tool test2json`` (see the threat model in ``humaneval.assembly``), in
+test binary run with ``-test.v``, whose result lines are parsed (see the threat model in ``humaneval.assembly``), in
 a module whose testify comes vendored from Debian's ``golang-github-stretchr-testify-dev``
 (offline).
 
@@ -11,7 +11,6 @@ Go keys cached packages by directory, and a slot always uses the same sample dir
 slot compiles the vendored testify once per run and reuses it afterwards.
 """
 
-import json
 import os
 import re
 import shutil
@@ -57,6 +56,7 @@ def vendored_module_files(go_mod_text: str) -> tuple:
 
 
 BUILD = ["test", "-c", "-o", "main.test"]
+_RESULT_LINE = re.compile(r"^\s*--- (PASS|FAIL|SKIP): (\w+)", re.M)
 _PROBE_PROBLEM = {"task_id": "Go/probe", "import": "",
                   "test_setup": 'package main\n\nimport (\n    "testing"\n'
                                 '    "github.com/stretchr/testify/assert"\n)\n',
@@ -150,27 +150,21 @@ class GoRunner(Runner):
         env = self._env(workdir, gocache)
         return [Step("compile", [str(self.go), *BUILD], self.limits.compile, env,
                      writable=(gocache,)),
-                Step("run", [str(self.go), "tool", "test2json", "-t", "./main.test", "-test.v"],
-                     self.limits.run, env)]
+                Step("run", ["./main.test", "-test.v"], self.limits.run, env)]
 
     def verdict(self, result, check) -> tuple:
-        """The marker, and ``go test``'s JSON events reporting each of the problem's tests
-        passed (no event reporting a failure)."""
+        """The marker, and ``go test``'s own verbose result lines reporting each of the
+        problem's tests passed (none failed)."""
         passed, why = super().verdict(result, check)
         if not passed:
             return passed, why
-        seen = set()
-        for line in result.stdout.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("Action") in ("pass", "fail", "skip"):
-                if event["Action"] != "pass":
-                    return False, f"go test reports {event.get('Test') or 'the package'} " \
-                                  f"{event['Action']}ed"
-                seen.add(event.get("Test"))
-        missing = [name for name in check.expected_tests if name not in seen]
+        states = {}
+        for state, name in _RESULT_LINE.findall(result.stdout):
+            states.setdefault(name, set()).add(state)
+        failed = sorted(name for name, seen in states.items() if seen != {"PASS"})
+        if failed:
+            return False, f"go test reports {failed} not passed"
+        missing = [name for name in check.expected_tests if name not in states]
         if missing:
             return False, f"go test reports no pass for {missing}"
         return True, ""
