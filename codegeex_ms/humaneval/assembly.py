@@ -14,8 +14,8 @@ Verdict
     ``passed`` needs, together: exit status 0, no timeout or output overflow, and a completion
     marker ``CODEGEEX-TESTS-PASSED <nonce>`` on stdout, where the nonce is 128 random bits drawn
     by the harness for this one sample (:func:`new_nonce`) and printed by harness code only after
-    the last test returned. Go additionally needs ``go test``'s own JSON events to report every
-    test function of the problem as passed. Exiting early with status 0 (``sys.exit(0)``,
+    the last test returned. Go additionally needs the test binary's own ``-test.v`` result lines
+    to report every test function of the problem passed and none failed. Exiting early with status 0 (``sys.exit(0)``,
     ``os._exit(0)``, ``process.exit(0)``, ``System.exit(0)``/``halt(0)`` in a static initializer
     or shutdown hook, ``exit(0)`` in a C++ global constructor or a Rust ``.init_array`` entry, a Go
     ``TestMain`` that never calls ``m.Run``), rewriting the status afterwards (``atexit``),
