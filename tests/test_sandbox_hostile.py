@@ -407,3 +407,80 @@ def test_node_with_its_apis_is_contained(executor, attack):
             "Resource temporarily unavailable" in result.stderr or "bad_alloc" in result.stderr, \
             result
     assert leftovers(executor) == []
+
+
+def _mixed_completion(i: int, canonical: str) -> str:
+    """Mostly trivial passes and fails, every tenth sample crashing, hanging or flooding."""
+    if i % 10 < 6:
+        return canonical
+    if i % 10 < 8:
+        return "    return None\n"
+    if i % 10 == 8:
+        return "    import os\n    os.abort()\n"
+    return ["    while True:\n        pass\n",
+            "    import sys\n    while True:\n        sys.stdout.write('x' * 65536)\n",
+            "    import os\n    while True:\n        try:\n            os.fork()\n"
+            "        except OSError:\n            pass\n"][(i // 10) % 3]
+
+
+class _Interrupting:
+    """An executor that is interrupted (KeyboardInterrupt) after ``after`` samples, and raises a
+    harness error on the sample whose completion contains ``BROKEN``."""
+
+    def __init__(self, executor, after=None):
+        self.executor, self.after, self.calls = executor, after, 0
+        self.runners, self.skipped = executor.runners, executor.skipped
+
+    def run(self, language, program):
+        self.calls += 1
+        if self.after is not None and self.calls > self.after:
+            raise KeyboardInterrupt("simulated interruption")
+        if "BROKEN" in program.source:
+            raise RuntimeError("simulated harness failure")
+        return self.executor.run(language, program)
+
+
+def test_mixed_samples_survive_and_a_resumed_run_finishes(problems, tmp_path):
+    """100 samples (crashing, hanging, flooding, fork-bombing among them), one that cannot be
+    assembled and one the harness fails on: every one gets exactly one result, the run goes on
+    after each, and a run interrupted half-way resumes to the same complete set."""
+    from codegeex_ms.humaneval.evaluation import execute_samples
+    from codegeex_ms.humaneval.jsonl import read_records
+    import json
+    canonical = problems["python"]["canonical_solution"]
+    records = [{"track": "python", "task_id": "Python/0", "sample_idx": i,
+                "completion": _mixed_completion(i, canonical)} for i in range(100)]
+    records.append({"track": "python", "task_id": "Python/99999", "sample_idx": 0,
+                    "completion": canonical})
+    records.append({"track": "python", "task_id": "Python/0", "sample_idx": 100,
+                    "completion": "    return 'BROKEN'\n"})
+    samples, results = tmp_path / "samples.jsonl", tmp_path / "results.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    limits = StepLimits(run=Limits(wall_s=6.0, max_procs=32, max_output_bytes=256 * 1024))
+    ex = make_executor(["python"], workers=2, limits=limits)
+    try:
+        table = {"python": {"Python/0": problems["python"]}}
+        with pytest.raises(KeyboardInterrupt):
+            execute_samples(samples, results, table, _Interrupting(ex, after=50), workers=2,
+                            progress=False)
+        first = read_records(results)
+        assert 40 <= len(first) <= 52
+        stats = execute_samples(samples, results, table, _Interrupting(ex), workers=2,
+                                progress=False)
+        assert stats["executed"] == len(records) - len(first)
+        assert leftovers(ex) == [] and list(ex.workspace.glob("slot-*")) == []
+    finally:
+        ex.close()
+    done = read_records(results)
+    assert sorted((r["task_id"], r["sample_idx"]) for r in done) == \
+        sorted((r["task_id"], r["sample_idx"]) for r in records)
+    status = {(r["task_id"], r["sample_idx"]): r["status"] for r in done}
+    for i in range(100):
+        kind = i % 10
+        want = (PASSED if kind < 6 else FAILED if kind < 9 else
+                ["timeout", "output_limit", "timeout"][(i // 10) % 3])
+        assert status[("Python/0", i)] == want, (i, [r for r in done if r["sample_idx"] == i])
+    assert status[("Python/99999", 0)] == "error"
+    assert status[("Python/0", 100)] == "error"
+    broken = next(r for r in done if r["sample_idx"] == 100)
+    assert "simulated harness failure" in broken["detail"] and broken["passed"] is False

@@ -46,12 +46,14 @@ def execute_samples(samples_path, results_path, problems: dict, executor: Execut
 
     def run_one(record):
         start = time.monotonic()
+        step = "cannot assemble the program"
         try:
             language, source = build_program(record, problems)
+            step = "harness error"
+            return record, executor.run(language, source)
         except Exception as e:  # noqa: BLE001 -- recorded as this sample's error
-            return record, Outcome(ERROR, f"cannot assemble the program: {type(e).__name__}: "
-                                          f"{e}", time.monotonic() - start)
-        return record, executor.run(language, source)
+            return record, Outcome(ERROR, f"{step}: {type(e).__name__}: {e}",
+                                   time.monotonic() - start)
 
     with JsonlWriter(results_path) as out, ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=len(todo), desc="execute", disable=not progress) as bar:
