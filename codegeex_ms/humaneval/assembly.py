@@ -298,6 +298,7 @@ def go_harness_file(nonce: str) -> str:
 _RUST_FN = re.compile(r"^(\s*)(pub(?:\([^)]*\))?\s+)?fn\s+(\w+)", re.M)
 _RUST_ASSERT = re.compile(r"(?<![\w:!])(assert|assert_eq|assert_ne|debug_assert|debug_assert_eq|"
                           r"debug_assert_ne|panic)!")
+_RUST_TYPE = re.compile(r"^\s*(?:pub\s+)?(?:enum|struct|type|trait)\s+(\w+)", re.M)
 _RUST_TEST_FN = re.compile(r"#\[test\]\s*fn\s+(\w+)\s*\(\s*\)")
 
 
@@ -326,30 +327,47 @@ def _rust_declared(problem: dict) -> list:
     return [m.group(3) for m in _RUST_FN.finditer(_strip_rust_comments(problem["declaration"]))]
 
 
-def rust_completion_functions(problem: dict) -> list:
-    """Functions the tests call that the declaration does not declare (in a few problems the
-    declaration ends with a helper and the entry point is written by the completion), found in
-    the canonical solution."""
+def rust_completion_items(problem: dict) -> list:
+    """Items the tests need that the declaration does not declare (in a few problems the
+    declaration ends with a helper and the entry point is written by the completion; Rust/137's
+    return type is defined by the completion), found in the canonical solution: functions the
+    tests call, and types the tests or the declaration name."""
     declared = set(_rust_declared(problem))
     test = _strip_rust_comments(problem["test"])
-    return [name for name in dict.fromkeys(m.group(3) for m in _RUST_FN.finditer(
-                _strip_rust_comments(problem.get("canonical_solution", ""))))
-            if name not in declared and re.search(rf"(?<![\w:]){name}\s*\(", test)]
+    canonical = _strip_rust_comments(problem.get("canonical_solution", ""))
+    used = test + "\n" + _strip_rust_comments(problem["declaration"])
+    functions = [name for name in dict.fromkeys(m.group(3) for m in _RUST_FN.finditer(canonical))
+                 if name not in declared and re.search(rf"(?<![\w:]){name}\s*\(", test)]
+    types = [name for name in dict.fromkeys(_RUST_TYPE.findall(canonical))
+             if re.search(rf"(?<![\w:]){name}\b", used)]
+    return functions + types
 
 
 def rust_sample_crate(problem: dict, source: str) -> str:
     """The sample as a library crate: the declaration's functions made ``pub`` (in the trusted
-    prefix only, by name), and the first definition of each of
-    :func:`rust_completion_functions`, so the harness crate can call them."""
+    prefix only, by name), and the first definition of each of :func:`rust_completion_items`,
+    so the harness crate can use them."""
     names = set(_rust_declared(problem))
     decl_end = source.find(problem["declaration"])
     head_len = decl_end + len(problem["declaration"]) if decl_end >= 0 else 0
     head, tail = source[:head_len], source[head_len:]
     head = _RUST_FN.sub(lambda m: m.group(0) if m.group(2) or m.group(3) not in names
                         else f"{m.group(1)}pub fn {m.group(3)}", head)
-    for name in rust_completion_functions(problem):
-        tail = re.sub(rf"^(\s*)fn\s+{name}\b", rf"\1pub fn {name}", tail, count=1, flags=re.M)
+    for name in rust_completion_items(problem):
+        tail = re.sub(rf"^(\s*)(?:pub\s+)?(fn|enum|struct|type|trait)\s+{name}\b",
+                      rf"\1pub \2 {name}", tail, count=1, flags=re.M)
     return "#![allow(unused, dead_code, non_snake_case)]\n" + head + tail
+
+
+def _rust_param_list(signature: str) -> str:
+    """The text inside the first balanced parentheses of a function signature."""
+    start = signature.index("(")
+    depth = 0
+    for i in range(start, len(signature)):
+        depth += {"(": 1, ")": -1}.get(signature[i], 0)
+        if depth == 0:
+            return signature[start + 1:i]
+    raise ValueError(f"unbalanced parameter list in {signature!r}")
 
 
 def rust_harness_crate(problem: dict) -> str:
@@ -362,13 +380,13 @@ def rust_harness_crate(problem: dict) -> str:
         raise ValueError(f"{problem['task_id']}: declaration does not end with a function header")
     header = list(_RUST_FN.finditer(decl))[-1]
     entry = header.group(3)
-    sig = decl[header.start():]
-    params = re.search(r"\((.*)\)", sig, re.S).group(1)
-    forwarder = decl[:header.start()] + "pub " + sig.lstrip() + \
+    sig = decl[header.start():].lstrip()
+    sig = re.sub(r"^pub(?:\([^)]*\))?\s+", "", sig)
+    params = _rust_param_list(sig)
+    # Items only the completion defines have no trusted definition: imported as they are.
+    forwarder = "".join(f"pub use ::sample::{name};\n" for name in rust_completion_items(problem))
+    forwarder += decl[:header.start()] + "pub " + sig + \
         f"\n    ::sample::{entry}({', '.join(_split_rust_params(params))})\n}}\n"
-    # Functions only the completion defines have no trusted signature: imported as they are.
-    forwarder += "".join(f"pub use ::sample::{name};\n"
-                         for name in rust_completion_functions(problem))
     test = _strip_rust_comments(problem["test"])
     test_fns = _RUST_TEST_FN.findall(test)
     test = test.replace("#[cfg(test)]", "").replace("#[test]", "")
