@@ -1,6 +1,6 @@
 """Does LoRA learn? A CPU demonstration on a tiny CodeGeeX and a synthetic code-translation task.
 
-    python bench/bench_lora.py [--json PATH] [--base-steps 400] [--lora-steps 300]
+    python bench/bench_lora.py [--json PATH] [--base-steps 200] [--lora-steps 200]
 
 Task ("keyword translation"): a source line is 8 tokens drawn half from 16 "Python keywords"
 and half from 30 identifiers; its translation maps every keyword through a fixed permutation onto
@@ -117,8 +117,8 @@ def scores(pred, want) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-steps", type=int, default=400)
-    parser.add_argument("--lora-steps", type=int, default=300)
+    parser.add_argument("--base-steps", type=int, default=200)
+    parser.add_argument("--lora-steps", type=int, default=200)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--json", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
