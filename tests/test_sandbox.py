@@ -366,3 +366,37 @@ def test_remove_tree_survives_hostile_trees(tmp_path):
     assert not os.path.lexists(root)
     assert (outside / "keep").read_text() == "keep"
     assert remove_tree(root) == ""          # already gone: fine
+
+
+def test_toolchains_under_tmp_are_bound_and_nothing_else(tmp_path):
+    """A toolchain under /tmp (a /tmp checkout's venv, a /tmp evaluation cache) is visible when
+    declared; its undeclared siblings, the dataset, /run and homes are not there at all."""
+    try:
+        sandbox = Sandbox("auto", workers=1)
+    except SandboxUnavailable as e:
+        unavailable(str(e))
+    tool = tmp_path / "toolchain"
+    (tool / "bin").mkdir(parents=True)
+    (tool / "share").mkdir()
+    (tool / "share" / "data").write_text("toolchain data\n")
+    (tool / "bin" / "tool").write_text(f"#!/bin/sh\ncat {tool / 'share' / 'data'}\n")
+    for p in (tool, tool / "bin", tool / "share", tool / "bin" / "tool", tool / "share" / "data"):
+        os.chmod(p, 0o755)
+    (tmp_path / "secret").write_text("undeclared")
+    os.chmod(tmp_path / "secret", 0o644)
+    work = tmp_path / "work"
+    work.mkdir(mode=0o777)
+    hidden = [tmp_path / "secret", humaneval_dir(), Path("/run"), Path("/var"), Path("/home"),
+              Path.home()]
+    try:
+        with sandbox.slot() as slot:
+            sandbox.give(work, slot)
+            ran = sandbox.run([str(tool / "bin" / "tool")], cwd=work, slot=slot, limits=Limits(),
+                              visible=[tool])
+            look = sandbox.run(["/bin/sh", "-c", "for p; do [ -e \"$p\" ] && echo \"SEEN $p\"; "
+                                "done; true", "sh", *map(str, hidden)],
+                               cwd=work, slot=slot, limits=Limits())
+    finally:
+        sandbox.close()
+    assert ran.ok and ran.stdout == "toolchain data\n", ran
+    assert look.ok and "SEEN" not in look.stdout, look
