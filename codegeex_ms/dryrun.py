@@ -148,7 +148,7 @@ def simulated_rank(cfg) -> None:
     from codegeex_ms.train.loop import Trainer  # pylint: disable=import-outside-toplevel
     topology = init_topology(cfg, "Ascend")
     trainer = Trainer(cfg, topology, "Ascend")
-    rows = getattr(topology, "batch_per_rank", 0) or cfg.train.micro_batch_size
+    rows = topology.batch_per_rank or cfg.train.micro_batch_size
     batch = tuple(ms.Tensor(c) for c in _synthetic_batch(cfg, rows))
     for _ in range(cfg.train.grad_accumulation - 1):
         trainer.step.accumulate(batch)

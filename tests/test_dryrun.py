@@ -121,3 +121,16 @@ def test_bad_arguments_are_rejected_before_simulating(monkeypatch, capsys, tmp_p
     assert cli_common.run(dryrun.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_simulated_rank_counts_as_launched_distributed(monkeypatch):
+    """DryRun sets neither MS_ROLE nor RANK_TABLE_FILE: the simulated rank must still take the
+    distributed path (else it would stop with "1536 devices but 1 process")."""
+    from codegeex_ms.train.distributed import launched_distributed
+    for key in ("MS_ROLE", "RANK_TABLE_FILE", "MS_SIMULATION_LEVEL", "RANK_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert not launched_distributed()
+    monkeypatch.setenv("MS_SIMULATION_LEVEL", "1")
+    assert not launched_distributed()          # a simulation level alone is not a job
+    monkeypatch.setenv("RANK_SIZE", "1536")
+    assert launched_distributed()

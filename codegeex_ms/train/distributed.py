@@ -51,7 +51,11 @@ class Topology:
 
 
 def launched_distributed() -> bool:
-    return "MS_ROLE" in os.environ or "RANK_TABLE_FILE" in os.environ
+    """Started by msrun, from an HCCL rank table, or as one simulated rank of MindSpore's DryRun
+    (``MS_SIMULATION_LEVEL`` with ``RANK_SIZE``; ``init()`` then skips its launcher checks)."""
+    env = os.environ
+    return ("MS_ROLE" in env or "RANK_TABLE_FILE" in env
+            or ("MS_SIMULATION_LEVEL" in env and "RANK_SIZE" in env))
 
 
 def _check_world(parallel, world: int) -> None:
