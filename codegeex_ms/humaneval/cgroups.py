@@ -21,6 +21,7 @@ group by writing its pid to ``cgroup.procs`` before it execs the sandbox (see
 """
 
 import os
+import re
 import secrets
 import signal
 import time
@@ -183,7 +184,6 @@ class Cgroups:
         self.bases = bases
         self.memsw = memsw
         self.cpu = cpu
-        self._serial = 0
 
     def describe(self) -> str:
         if self.version == 2:
@@ -267,6 +267,19 @@ def detect(mountinfo: str = None, proc_cgroup: str = None) -> Cgroups:
     raise CgroupsUnavailable("; ".join(reasons))
 
 
+def remove_stale(parent: Path) -> None:
+    """Remove ``codegeex-<pid>-*`` groups below ``parent`` whose evaluator process is gone (it
+    was killed before it could clean up). Never raises."""
+    try:
+        children = list(parent.iterdir())
+    except OSError:
+        return
+    for child in children:
+        m = re.fullmatch(r"codegeex-(\d+)-[0-9a-f]+", child.name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            Cgroups(0, [child], memsw=False, cpu=False).close()
+
+
 def _setup_v2(own: Path, name: str) -> Cgroups:
     available = _read(own / "cgroup.controllers").split()
     missing = [c for c in ("memory", "pids") if c not in available]
@@ -282,6 +295,7 @@ def _setup_v2(own: Path, name: str) -> Cgroups:
             raise CgroupsUnavailable(
                 f"cannot enable {todo} below {own} ({e.strerror}); run the evaluator in a "
                 "delegated group, e.g. systemd-run --user --scope -p Delegate=yes") from e
+    remove_stale(own)
     base = own / name
     base.mkdir()
     try:
@@ -300,6 +314,7 @@ def _setup_v1(mounts: dict, paths: dict, name: str) -> Cgroups:
             base = _inside(*mounts[c], paths[c]) / name
             if base in seen:  # co-mounted controllers share one directory
                 continue
+            remove_stale(base.parent)
             base.mkdir()
             seen.add(base)
             bases.append(base)

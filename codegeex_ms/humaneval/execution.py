@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .runners import RUNNERS, StepLimits, ToolchainMissing
 from .sandbox import Sandbox
-from .workdirs import Workdirs, remove_tree
+from .workdirs import Workdirs, remove_stale_workspaces, remove_tree
 
 PASSED = "passed"
 FAILED = "failed"
@@ -75,7 +75,9 @@ class Executor:
                  workdir_bytes: int = 256 * _MIB):
         self.sandbox = Sandbox(isolation, workers=workers, allow_unsandboxed=allow_unsandboxed)
         self.cache_dir = Path(cache_dir or eval_cache_dir())
-        self.workspace = Path(tempfile.mkdtemp(prefix="codegeex_eval_", dir=scratch_dir))
+        prefix = "codegeex_eval_"
+        remove_stale_workspaces(Path(scratch_dir or tempfile.gettempdir()), prefix)
+        self.workspace = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_", dir=scratch_dir))
         os.chmod(self.workspace, 0o711)  # sandbox uids must traverse it to reach their directory
         try:
             self.workdirs = Workdirs(self.workspace, workdir_bytes)

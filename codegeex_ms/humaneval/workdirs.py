@@ -179,6 +179,26 @@ def _unlink_files(fd: int, problems: list) -> list:
     return subdirs
 
 
+def remove_stale_workspaces(parent: Path, prefix: str) -> None:
+    """Unmount and remove ``<prefix><pid>_*`` directories below ``parent`` whose process is
+    gone (killed before it could clean up). Never raises."""
+    try:
+        entries = [p for p in Path(parent).iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for workspace in entries:
+        pid = workspace.name[len(prefix):].split("_", 1)[0]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            for slot in workspace.iterdir():
+                if os.path.ismount(slot):
+                    unmount(slot)
+        except OSError:
+            pass
+        remove_tree(workspace)
+
+
 class Workdirs:
     """Hands out sample directories below ``parent``: tmpfs mounts of ``size_bytes`` when this
     process may mount (root), plain directories otherwise. :attr:`capped` says which."""
