@@ -9,7 +9,16 @@ Steps (each in a fresh child process; time and peak RSS per step):
   (``convert.verify_conversion``); the ``.pt`` is deleted afterwards unless ``--keep``;
 - ``quantize``: FP16 -> ``codegeex_13b_int8.safetensors`` (W8A16, ``codegeex_ms.quantize``); the
   FP16 file is deleted afterwards unless ``--keep``;
-- ``generate``: see ``bench/bench_13b_generate.py`` (load memory-mapped, prefill, decode).
+- ``generate``: config ``infer_13b_cpu_int8`` (INT8 linears, FP16 embeddings, FP32 compute,
+  fused W8A16 kernel, PyNative): measure the memory bandwidth (NumPy streaming read: best of
+  several float32 GEMVs over a 512 MiB matrix, which read it once), map the INT8 file
+  (``quantize.load_quantized_mmap``: the parameters are views of the file's pages, one copy),
+  prefill a 128-token prompt, decode 32 tokens greedily. Prints load time, prefill time, ms per
+  token beside the bound (bytes one decode step reads ÷ bandwidth) and beside ``plan``'s
+  prediction for the same config (peak memory, and ms/token at the measured bandwidth). Graph
+  mode; the prefill time includes compiling its graph; ms/token is the median interval between
+  new tokens after the first (which holds the decode graph's compilation); decoding stops early
+  after 25 minutes (reported as finish reason "time budget").
 
 Peak RSS is the child's ``VmHWM`` (``/proc/self/status``, which the kernel resets at exec, so the
 parent's memory does not leak into it) and, as a cross-check, ``ru_maxrss`` from ``wait4``.
@@ -28,7 +37,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("write", "convert", "verify", "quantize")
+STEPS = ("write", "convert", "verify", "quantize", "generate")
+CONFIG = "infer_13b_cpu_int8"
+PROMPT_TOKENS, NEW_TOKENS = 128, 32
 FILES = {"pt": "codegeex_13b.pt", "fp16": "codegeex_13b_fp16.safetensors",
          "int8": "codegeex_13b_int8.safetensors"}
 GB = 1e9
@@ -43,7 +54,7 @@ def peak_rss_self() -> int:
     raise RuntimeError("VmHWM missing from /proc/self/status")
 
 
-def run_step(step: str, workdir: Path, seed: int) -> dict:
+def run_step(step: str, workdir: Path, seed: int, overrides=()) -> dict:
     """Run ``step`` in this process; return what it measured besides time and memory."""
     sys.path.insert(0, str(REPO_ROOT))
     files = {k: workdir / v for k, v in FILES.items()}
@@ -62,22 +73,100 @@ def run_step(step: str, workdir: Path, seed: int) -> dict:
     if step == "quantize":
         from codegeex_ms.quantize import quantize_checkpoint  # pylint: disable=import-outside-toplevel
         return quantize_checkpoint(files["fp16"], files["int8"])
+    if step == "generate":
+        return generate(files["int8"], seed, overrides)
     raise ValueError(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
 
 
-def child_main(step: str, workdir: Path, seed: int) -> None:
+def stream_read_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Bytes/s of a NumPy streaming read: best of ``repeats`` float32 GEMVs ``A @ v`` over an
+    ``nbytes`` matrix (BLAS reads A once, on all threads; A is 16x the last-level cache)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    a = np.ones((nbytes // 4 // 4096, 4096), np.float32)
+    v = np.ones(4096, np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ v
+        best = min(best, time.perf_counter() - start)
+    return a.nbytes / best
+
+
+class _IdTokenizer:
+    """Token ids as text; ``eod_id`` -1 is never produced, so every run makes all its tokens."""
+
+    eod_id = -1
+
+    def encode(self, text):
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = 25 * 60) -> dict:
+    """The ``generate`` step (see the module docstring); ``overrides``: ``--set`` items for the
+    config. Decoding stops early (finish reason "time budget") once ``budget_s`` have passed."""
+    # pylint: disable=import-outside-toplevel
+    import numpy as np
+    import mindspore as ms
+    from codegeex_ms.config import load_config
+    from codegeex_ms.inference.generator import Generator
+    from codegeex_ms.inference.sampling import SamplingParams
+    from codegeex_ms.model.build import build_model
+    from codegeex_ms.model.quant import weight_bytes
+    from codegeex_ms.plan_inference import build_inference_plan
+    from codegeex_ms.quantize import load_quantized_mmap
+
+    bandwidth = stream_read_bandwidth()
+    ms.set_context(mode=ms.GRAPH_MODE if os.environ.get("BENCH_MODE", "graph") == "graph" else ms.PYNATIVE_MODE,
+                   device_target="CPU")
+    from codegeex_ms.config import CONFIG_DIR
+    cfg = load_config(CONFIG_DIR / f"{CONFIG}.yaml", tuple(overrides))
+    start = time.perf_counter()
+    net = build_model(cfg.model, allocate=False)
+    mapped = load_quantized_mmap(net, int8_path)
+    load_s = time.perf_counter() - start
+    sizes = weight_bytes(net)
+    # one decode step reads every weight once except the two position tables (one row each)
+    positions = 2 * cfg.model.max_position_embeddings * cfg.model.hidden_size * 2
+    step_bytes = sizes["total"] - positions
+    gen = Generator(net, _IdTokenizer(), max_length=PROMPT_TOKENS + NEW_TOKENS)
+    prompt = np.random.default_rng(seed).integers(0, cfg.model.real_vocab_size, PROMPT_TOKENS).tolist()
+    stamps = []   # time of each new token's text: per-step intervals, the compile-free decode rate
+    start = time.perf_counter()
+    out = gen.generate([prompt], NEW_TOKENS, SamplingParams(temperature=0.0),
+                       on_text=lambda _row, _text: stamps.append(time.perf_counter()),
+                       should_stop=lambda _row: ("time budget" if time.perf_counter() - start > budget_s
+                                                 else None))
+    total_s = time.perf_counter() - start
+    timing = gen.timing
+    steps = np.diff(stamps[1:])   # the first interval holds the decode graph's compilation
+    plan = build_inference_plan(cfg, capacity_gib=os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB)
+    ms_per_token = 1e3 * float(np.median(steps)) if len(steps) else float("nan")
+    return {"config": CONFIG, "bandwidth_bytes_s": bandwidth, "load_s": load_s, "mapped_bytes": mapped,
+            "weight_bytes": sizes, "step_bytes": step_bytes, "prefill_tokens": PROMPT_TOKENS,
+            "prefill_s": timing.prefill_s, "decode_steps": timing.decode_steps, "decode_s": timing.decode_s,
+            "ms_per_token": ms_per_token, "ms_per_token_mean_incl_compile":
+            1e3 * timing.decode_s / max(timing.decode_steps, 1), "finish_reason": out[0].finish_reason, "bound_ms_per_token": 1e3 * step_bytes / bandwidth,
+            "generate_s": total_s, "new_tokens": len(out[0].token_ids),
+            "plan_peak_bytes": plan.get("peak_bytes"),
+            "plan_ms_per_token": (1e3 * plan["step_bytes"] / bandwidth) if "step_bytes" in plan else None}
+
+
+def child_main(step: str, workdir: Path, seed: int, overrides) -> None:
     """Child side: run the step and print one ``RESULT <json>`` line."""
     start = time.perf_counter()
-    out = run_step(step, workdir, seed)
+    out = run_step(step, workdir, seed, overrides)
     out.update(wall_s=time.perf_counter() - start, peak_rss_bytes=peak_rss_self())
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def measure(step: str, workdir: Path, seed: int) -> dict:
+def measure(step: str, workdir: Path, seed: int, overrides=()) -> dict:
     """Run ``step`` in a child process; its result plus ``ru_maxrss_bytes`` from ``wait4``."""
     env = {**os.environ, "GLOG_v": os.environ.get("GLOG_v", "3")}
     proc = subprocess.Popen([sys.executable, __file__, "--child", step, "--workdir", str(workdir),
-                             "--seed", str(seed)], stdout=subprocess.PIPE, text=True, env=env)
+                             "--seed", str(seed)] + [f"--set={o}" for o in overrides], stdout=subprocess.PIPE, text=True, env=env)
     lines = proc.stdout.read().splitlines()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -91,7 +180,8 @@ def cleanup(step: str, workdir: Path) -> None:
     """Delete the intermediate a finished step no longer needs."""
     victim = {"verify": "pt", "quantize": "fp16"}.get(step)
     if victim:
-        (workdir / FILES[victim]).unlink(missing_ok=True)
+        for path in (workdir / FILES[victim], workdir / (FILES[victim] + ".manifest.json")):
+            path.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -102,10 +192,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the .pt and FP16 intermediates")
     parser.add_argument("--json", type=Path, help="results file (default: <workdir>/bench_13b_cpu.json)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help=f"config override for the generate step (config {CONFIG})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child, args.workdir, args.seed)
+        child_main(args.child, args.workdir, args.seed, args.overrides)
         return 0
     steps = [s for s in args.steps.split(",") if s]
     unknown = [s for s in steps if s not in STEPS]
@@ -116,7 +208,7 @@ def main(argv=None) -> int:
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     for step in steps:
         print(f"{step} ...", flush=True)
-        results[step] = measure(step, args.workdir, args.seed)
+        results[step] = measure(step, args.workdir, args.seed, args.overrides)
         json_path.write_text(json.dumps(results, indent=1))
         if not args.keep:
             cleanup(step, args.workdir)
@@ -125,6 +217,16 @@ def main(argv=None) -> int:
         if "wall_s" in r and "peak_rss_bytes" in r:
             print(f"{step:<10} {r['wall_s']:8.1f} {r['peak_rss_bytes'] / GIB:13.2f} "
                   f"{r.get('ru_maxrss_bytes', 0) / GIB:14.2f}")
+    gen = results.get("generate")
+    if gen:
+        print(f"generate: load {gen['load_s']:.1f} s ({gen['mapped_bytes'] / GB:.2f} GB mapped), prefill "
+              f"{gen['prefill_tokens']} tokens {gen['prefill_s']:.1f} s, decode {gen['ms_per_token']:.0f} ms/token "
+              f"over {gen['decode_steps']} steps; bound {gen['bound_ms_per_token']:.0f} ms/token "
+              f"({gen['step_bytes'] / GB:.2f} GB / {gen['bandwidth_bytes_s'] / GB:.1f} GB/s), ratio "
+              f"{gen['ms_per_token'] / gen['bound_ms_per_token']:.2f}; peak RSS "
+              f"{gen['peak_rss_bytes'] / GIB:.2f} GiB, plan predicts "
+              + (f"{gen['plan_peak_bytes'] / GIB:.2f} GiB" if gen.get("plan_peak_bytes") else "n/a")
+              + (f" and {gen['plan_ms_per_token']:.0f} ms/token" if gen.get("plan_ms_per_token") else ""))
     print(f"results: {json_path}")
     return 0
 

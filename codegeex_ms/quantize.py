@@ -113,6 +113,49 @@ def load_quantized(net, path) -> list:
         return quantize_into(net, ((n, weights.read(n)) for n in weights.infos))
 
 
+def map_safetensors(path) -> dict:
+    """Name -> read-only NumPy view of each tensor of safetensors file ``path``, memory-mapped:
+    nothing is read until used, and the pages are the page cache's (no private copy)."""
+    from .checkpoint.safetensors_io import SafetensorsReader  # pylint: disable=import-outside-toplevel
+    with SafetensorsReader(path) as reader:   # validates the header against the file size
+        infos = dict(reader.infos)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    data = np.memmap(path, np.uint8, "r")
+    views, offset = {}, 8 + header_len
+    for name, info in infos.items():   # stored back to back in this order (checked by the reader)
+        nbytes = info.numel * dtypes.itemsize(info.dtype)
+        views[name] = data[offset:offset + nbytes].view(dtypes.np_dtype(info.dtype)).reshape(info.shape)
+        offset += nbytes
+    return views
+
+
+def load_quantized_mmap(net, path) -> int:
+    """Point every parameter of an INT8 network at the memory-mapped tensors of the INT8
+    safetensors checkpoint ``path``: one copy of the weights (the file's pages), read on first use.
+
+    Names and shapes are checked first (one LayoutMismatchError listing every problem). A tensor
+    whose stored dtype differs from its parameter's is cast (that tensor alone is then copied).
+    Returns the bytes mapped without a copy.
+    """
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+
+    params = dict(net.parameters_and_names())
+    views = map_safetensors(path)
+    check_layout({n: v.shape for n, v in views.items()}, {n: tuple(p.shape) for n, p in params.items()},
+                 what=f"{path} (against the network's parameters)")
+    mapped = 0
+    for name, param in params.items():
+        array = views[name]
+        target = NUMPY_DTYPES[param.dtype]
+        if array.dtype == target:
+            mapped += array.nbytes
+        else:
+            array = array.astype(target)
+        param.set_data(ms.Tensor.from_numpy(array))
+    return mapped
+
+
 def quantize_into(net, tensors: Iterable[Tuple[str, np.ndarray]]) -> list:
     """Set an INT8 network from float ``(name, array)`` pairs (model naming, e.g. a float
     network's parameters), quantizing the linear weights on the way. Every parameter must be

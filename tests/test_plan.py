@@ -150,3 +150,58 @@ def test_1536_npu_communication_per_step_by_hand(plan_1536):
     # Every tensor is optimizer-sharded in groups of 64: reduce-scatter its FP32 gradient slice.
     assert rows[("gradients", "ReduceScatter", 64)][0] == 3 + 40 * 16 + 2
     assert "communication per step and device" in plan_cli.format_plan(plan_1536)
+
+
+# ---------------------------------------------------------------------------- inference configs
+
+
+def _inference_cfg(name):
+    return load_config(CONFIG_DIR / f"{name}.yaml")
+
+
+def test_inference_config_prints_an_inference_plan_that_fits(tmp_path, capsys):
+    out_json = tmp_path / "infer.json"
+    assert plan_cli.main(["--config", "infer_13b_single_npu", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "CodeGeeX inference plan" in text and "Adam" not in text
+    assert "-> FITS" in text and "largest batch at length 2048: 1" in text
+    plan = json.loads(out_json.read_text())
+    assert plan["fits"] and plan["largest_length_per_batch"]["1"] == 2048
+    # training configs keep the training plan
+    assert plan_cli.main(["--config", "tiny"]) == 0
+    assert "CodeGeeX parallel plan" in capsys.readouterr().out
+
+
+def test_inference_weights_kv_cache_by_hand():
+    """FP16 13B: 2 bytes x 12,873,943,040. INT8: the quantizer's own tensor plan over the release
+    layout (int8 linears + FP32 row scales + FP16 rest), summed independently. KV cache by hand."""
+    from codegeex_ms.checkpoint.base import TensorInfo
+    from codegeex_ms.checkpoint.layout import CODEGEEX_13B, release_layout
+    from codegeex_ms.model.quant import quantized_infos
+    from codegeex_ms.plan_inference import build_inference_plan
+    fp16 = build_inference_plan(_inference_cfg("infer_13b_single_npu"))
+    assert fp16["weights"]["total"] == 2 * 12_873_943_040
+    assert fp16["kv_cache"] == 2 * 40 * 1 * 2048 * 5120 * 2           # FP16 compute
+    int8 = build_inference_plan(_inference_cfg("infer_13b_cpu_int8"), capacity_gib=24)
+    infos = quantized_infos({n: TensorInfo(s, "float16") for n, s in release_layout(CODEGEEX_13B).items()})
+    sizes = {"int8": 1, "float16": 2, "float32": 4}
+    assert int8["weights"]["total"] == sum(i.numel * sizes[i.dtype] for i in infos.values())
+    assert int8["kv_cache"] == 2 * 40 * 1 * 160 * 5120 * 4            # FP32 compute, length 160
+    # the FP16 table is cast to FP32 for the tied head: 52224 x 5120 x 4 bytes
+    assert int8["workspace"]["head_cast"] == 52224 * 5120 * 4
+    # one decode step reads the weights but the two position tables, plus the KV cache
+    assert int8["step_bytes"] == int8["weights"]["total"] - 2 * 2048 * 5120 * 2 + int8["kv_cache"]
+
+
+def test_largest_batch_by_length_is_the_boundary():
+    """Brute force at the boundary: the reported length fits, one more position does not (or it
+    is the model's limit)."""
+    from codegeex_ms.plan_inference import GIB, build_inference_plan, inference_total
+    cfg = _inference_cfg("infer_13b_cpu_int8")
+    plan = build_inference_plan(cfg, capacity_gib=24, reserve_gib=2)
+    for batch, length in plan["largest_length_per_batch"].items():
+        assert inference_total(cfg.model, batch, length, 2 * GIB) <= 24 * GIB
+        if length < cfg.model.max_position_embeddings:
+            assert inference_total(cfg.model, batch, length + 1, 2 * GIB) > 24 * GIB
+    b = plan["largest_batch_at_length"]
+    assert plan["largest_length_per_batch"][b] >= 160

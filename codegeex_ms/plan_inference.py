@@ -1,0 +1,149 @@
+"""Memory of CodeGeeX inference on one device, and the largest batch × length that fits.
+
+``plan`` uses this for inference configs (``infer_*``, or ``--inference``). Parameter counts come
+from the release layout of the config's sizes (``checkpoint.layout``), so nothing is built.
+Units: bytes; GB = 1e9 bytes, GiB = 2**30 bytes.
+"""
+
+from codegeex_ms.checkpoint.layout import ModelSizes, release_layout
+from codegeex_ms.model.quant import is_quantized_weight
+
+GIB = 1 << 30
+DTYPE_BYTES = {"float16": 2, "float32": 4}
+SCALE_BYTES = 4            # FP32 per-row scales (codegeex_ms.model.quant)
+SOFTMAX_BYTES = 4          # scores and probabilities are FP32
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+ASSUMPTIONS = [
+    "Weights: with weight_quant int8 the six linear weights of every layer are int8 plus one FP32 "
+    "scale per output row; everything else (and every weight without int8) in param_dtype. One copy "
+    "(memory-mapped or loaded), no optimizer, no gradients.",
+    "KV cache: keys and values of every layer (layers + top-query layer) for batch × length "
+    "positions in the compute dtype, 2·L·b·T·h·c.",
+    "Workspace, the worst forward (prefill of a full-length prompt, s = T): the tied head's weight "
+    "cast to the compute dtype when param_dtype differs (V·h·c), FP32 logits b·s·V twice (device and "
+    "host copy), one layer's live activations: 6 residual-stream tensors b·s·h·c (input, LayerNorm, "
+    "q, k, v, context), the MLP's b·s·f·c twice (dense_h_to_4h and FastGELU outputs) and the "
+    "attention scores and probabilities 2·b·a·s·T·4.",
+    "Reserve: the runtime (framework libraries, allocator slack), --reserve-gib.",
+    "Decode reads per token: every weight once except the two position tables (one row each), plus "
+    "the KV cache; ms/token at a bandwidth B is that ÷ B (the memory-bandwidth bound).",
+]
+
+
+def is_inference_config(config_name) -> bool:
+    """Whether ``plan --config NAME`` plans inference: the file's name starts with ``infer``."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+    return bool(config_name) and Path(str(config_name)).name.startswith("infer")
+
+
+def weight_bytes(mdl) -> dict:
+    """Weight bytes of ``mdl`` (a ModelConfig) as stored for inference."""
+    sizes = ModelSizes(mdl.vocab_size, mdl.hidden_size, mdl.ffn_hidden_size, mdl.num_layers,
+                       mdl.max_position_embeddings)
+    p = DTYPE_BYTES[mdl.param_dtype]
+    out = {"linear": 0, "scales": 0, "other": 0, "positions": 0, "parameters": 0}
+    for name, shape in release_layout(sizes).items():
+        n = 1
+        for d in shape:
+            n *= d
+        out["parameters"] += n
+        if is_quantized_weight(name) and mdl.weight_quant == "int8":
+            out["linear"] += n
+            out["scales"] += SCALE_BYTES * shape[0]
+        elif is_quantized_weight(name):
+            out["linear"] += p * n
+        elif "position_embeddings" in name or "top_query_embeddings" in name:
+            out["positions"] += p * n
+        else:
+            out["other"] += p * n
+    out["total"] = out["linear"] + out["scales"] + out["other"] + out["positions"]
+    return out
+
+
+def kv_cache_bytes(mdl, batch: int, length: int) -> int:
+    """Keys and values of every layer for ``batch`` × ``length`` positions."""
+    return 2 * (mdl.num_layers + 1) * batch * length * mdl.hidden_size * DTYPE_BYTES[mdl.compute_dtype]
+
+
+def workspace_bytes(mdl, batch: int, length: int) -> dict:
+    """Transient bytes of the worst forward (see ``ASSUMPTIONS``)."""
+    c = DTYPE_BYTES[mdl.compute_dtype]
+    b, s, h, f, v = batch, length, mdl.hidden_size, mdl.ffn_hidden_size, mdl.vocab_size
+    parts = {"head_cast": v * h * c if mdl.param_dtype != mdl.compute_dtype else 0,
+             "logits": 2 * b * s * v * 4,
+             "layer": 6 * b * s * h * c + 2 * b * s * f * c + 2 * b * mdl.num_heads * s * s * SOFTMAX_BYTES}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def inference_total(mdl, batch: int, length: int, reserve: int) -> int:
+    """Peak bytes of inference at ``batch`` × ``length``."""
+    return (weight_bytes(mdl)["total"] + kv_cache_bytes(mdl, batch, length)
+            + workspace_bytes(mdl, batch, length)["total"] + reserve)
+
+
+def largest_length(mdl, batch: int, capacity: int, reserve: int) -> int:
+    """The longest prompt + generation (≤ the model's positions) that fits at ``batch``; 0 if none."""
+    lo, hi = 0, mdl.max_position_embeddings
+    while lo < hi:   # total grows with length: bisect
+        mid = (lo + hi + 1) // 2
+        if inference_total(mdl, batch, mid, reserve) <= capacity:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def build_inference_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dict:
+    """Everything ``plan`` reports for an inference config, as a JSON-ready dict."""
+    mdl, inf = cfg.model, cfg.inference
+    capacity, reserve = int(capacity_gib * GIB), int(reserve_gib * GIB)
+    batch, length = inf.batch_size, inf.max_length or mdl.max_position_embeddings
+    weights = weight_bytes(mdl)
+    kv = kv_cache_bytes(mdl, batch, length)
+    work = workspace_bytes(mdl, batch, length)
+    total = weights["total"] + kv + work["total"] + reserve
+    largest = {b: largest_length(mdl, b, capacity, reserve) for b in BATCHES}
+    full = [b for b, n in largest.items() if n >= length]
+    return {
+        "mode": "inference",
+        "model": {"parameters": weights["parameters"], "param_dtype": mdl.param_dtype,
+                  "compute_dtype": mdl.compute_dtype, "weight_quant": mdl.weight_quant},
+        "batch_size": batch, "max_length": length,
+        "weights": weights, "kv_cache": kv, "workspace": work, "reserve": reserve,
+        "peak_bytes": total, "capacity": capacity, "fits": total <= capacity, "margin": capacity - total,
+        "largest_length_per_batch": largest,
+        "largest_batch_at_length": max(full) if full else 0,
+        "step_bytes": weights["total"] - weights["positions"] + kv,
+        "assumptions": ASSUMPTIONS,
+    }
+
+
+def format_inference_plan(plan, title: str = "") -> str:
+    """The human-readable report of :func:`build_inference_plan`."""
+    m, w = plan["model"], plan["weights"]
+    quant = "INT8 W8A16 linears" if m["weight_quant"] == "int8" else f"{m['param_dtype']} weights"
+    gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
+    out = [f"CodeGeeX inference plan{': ' + title if title else ''}",
+           f"one device; {m['parameters']:,} parameters, {quant}, {m['param_dtype']} other weights, "
+           f"{m['compute_dtype']} compute; batch {plan['batch_size']} × length {plan['max_length']}",
+           "",
+           "memory",
+           f"  weights, linear layers                  {gib(w['linear'])}",
+           f"  weights, INT8 row scales                {gib(w['scales'])}",
+           f"  weights, embeddings/LayerNorms/biases   {gib(w['other'] + w['positions'])}",
+           f"  KV cache                                {gib(plan['kv_cache'])}",
+           f"  workspace (head cast, logits, 1 layer)  {gib(plan['workspace']['total'])}",
+           f"  reserve (runtime)                       {gib(plan['reserve'])}",
+           f"  total                                   {gib(plan['peak_bytes'])}",
+           "",
+           f"total {plan['peak_bytes'] / GIB:.2f} GiB of {plan['capacity'] / GIB:.0f} GiB -> "
+           f"{'FITS' if plan['fits'] else 'DOES NOT FIT'}, margin {plan['margin'] / GIB:.2f} GiB",
+           f"largest batch at length {plan['max_length']}: {plan['largest_batch_at_length']}",
+           "largest length per batch (prompt + new tokens, at most the model's positions):",
+           "  " + ", ".join(f"batch {b}: {n}" for b, n in plan["largest_length_per_batch"].items()),
+           f"decode reads {plan['step_bytes'] / 1e9:.2f} GB per step: ms/token ≥ that ÷ memory bandwidth "
+           f"(e.g. {plan['step_bytes'] / 1e9 / 10 * 1e3:.0f} ms at 10 GB/s)",
+           "", "assumptions"] + [f"  - {a}" for a in plan["assumptions"]]
+    return "\n".join(out)
