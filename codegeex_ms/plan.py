@@ -17,7 +17,6 @@ from codegeex_ms import cli_common
 from codegeex_ms.config import ConfigError, config_from_args, global_batch_size
 from codegeex_ms.lora.memory import format_lora_plan, lora_plan
 from codegeex_ms.plan_inference import build_inference_plan, format_inference_plan, is_inference_config
-from codegeex_ms.plan_inference import build_inference_plan, format_inference_plan, is_inference_config
 from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
@@ -321,15 +320,6 @@ def _inference_main(cfg, args) -> int:
     return 0
 
 
-def _inference_main(cfg, args) -> int:
-    """``plan`` for an inference config: print (and optionally save) the inference plan."""
-    plan = build_inference_plan(cfg, args.capacity_gib, args.reserve_gib)
-    print(format_inference_plan(plan, args.config))
-    if args.json:
-        Path(args.json).write_text(json.dumps(plan, indent=2))
-    return 0
-
-
 def main(argv=None) -> int:
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.plan",
                                        description=__doc__.split("\n\n")[0])
@@ -342,14 +332,9 @@ def main(argv=None) -> int:
     parser.add_argument("--inference", action="store_true",
                         help="plan inference on one device (weights, KV cache, workspace, the largest "
                              "batch × length); the default for configs named infer_*")
-    parser.add_argument("--inference", action="store_true",
-                        help="plan inference on one device (weights, KV cache, workspace, the largest "
-                             "batch × length); the default for configs named infer_*")
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        if args.inference or is_inference_config(args.config):
-            return _inference_main(cfg, args)
         if args.inference or is_inference_config(args.config):
             return _inference_main(cfg, args)
         lora = cfg.lora.rank > 0  # frozen base + adapters on one device: codegeex_ms.lora.memory
