@@ -5,8 +5,6 @@ f FFN width, a heads, L = layers + top-query layer, V vocabulary rows, c bytes o
 dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or data parallelism.
 """
 
-from codegeex_ms.model.quant import QUANTIZED_SUFFIXES
-
 GIB = 1 << 30
 DTYPE_BYTES = {"float16": 2, "float32": 4}
 SOFTMAX_BYTES = 4          # the attention softmax output is saved in FP32
