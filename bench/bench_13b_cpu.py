@@ -104,9 +104,10 @@ class _IdTokenizer:
         return " ".join(map(str, ids))
 
 
-def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = 25 * 60) -> dict:
+def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -> dict:
     """The ``generate`` step (see the module docstring); ``overrides``: ``--set`` items for the
-    config. Decoding stops early (finish reason "time budget") once ``budget_s`` have passed."""
+    config. Decoding stops early (finish reason "time budget") once ``budget_s`` (default
+    $BENCH_BUDGET_S, else 25 minutes) have passed since generation started."""
     # pylint: disable=import-outside-toplevel
     import numpy as np
     import mindspore as ms
@@ -118,6 +119,7 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = 25 * 60
     from codegeex_ms.plan_inference import build_inference_plan
     from codegeex_ms.quantize import load_quantized_mmap
 
+    budget_s = budget_s or float(os.environ.get("BENCH_BUDGET_S", 25 * 60))
     bandwidth = stream_read_bandwidth()
     ms.set_context(mode=ms.GRAPH_MODE if os.environ.get("BENCH_MODE", "graph") == "graph" else ms.PYNATIVE_MODE,
                    device_target="CPU")

@@ -13,10 +13,10 @@ length. For each model, weights (FP32 or INT8 W8A16) and batch:
   tables, of which a step reads one row each) ÷ the measured copy bandwidth; ratio = measured
   decode time / bound. The KV cache read per step is listed separately.
 
-INT8 here is the per-layer path of ``codegeex_ms.model.layers.Linear``: each step casts every
-int8 weight to an FP32 copy before the matmul (1 byte read + 4 written + 4 read per weight, where
-FP32 reads 4), so on CPU its decode cannot approach the INT8 bound; only a fused W8A16 kernel
-would turn the halved bytes into speed.
+INT8 here is ``codegeex_ms.model.layers.Linear`` with ``weight_quant=int8`` and the default
+``fused_kernels=auto``: on CPU its matmuls run the fused W8A16 kernel (``kernels/w8a16/cpu``),
+which reads each int8 weight once and widens it in registers (1 byte per weight where FP32 reads
+4); without it (``fused_kernels=off``) every step cast each int8 weight to an FP32 copy first.
 
 Copy bandwidth: best of several NumPy copies of a 256 MiB array, counting bytes read + written
 (STREAM "copy" convention). Compile time is excluded (one warm-up call per shape).

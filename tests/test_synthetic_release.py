@@ -96,3 +96,32 @@ def test_quantized_release_dequantizes_within_half_a_step(tmp_path, release):
         assert (err <= scale[:, None] * (0.5 + 1e-5)).all()
         bias = "language_model.transformer.layers.1.mlp.dense_4h_to_h.bias"
         assert q.read(bias).tobytes() == src.read(bias).tobytes()
+
+
+def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
+    """The 13B bench's loading path at a small size: an INT8 safetensors mapped into the network
+    (every byte mapped, no tensor cast) gives the same logits as reading it tensor by tensor."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.config import load_config  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.build import build_model  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.quant import weight_bytes  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.quantize import load_quantized, load_quantized_mmap, quantize_checkpoint  # pylint: disable=import-outside-toplevel
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    fp16, int8 = tmp_path / "fp16.safetensors", tmp_path / "int8.safetensors"
+    convert_checkpoint(release, fp16, num_heads=SMALL.num_attention_heads)
+    quantize_checkpoint(fp16, int8)
+    cfg = load_config("ascend_configs/infer_13b_cpu_int8.yaml", (
+        f"model.vocab_size={SMALL.vocab_size}", f"model.real_vocab_size={SMALL.vocab_size}",
+        f"model.hidden_size={SMALL.hidden_size}", f"model.num_layers={SMALL.num_layers}",
+        f"model.num_heads={SMALL.num_attention_heads}", f"model.ffn_hidden_size={SMALL.ffn_hidden_size}",
+        f"model.max_position_embeddings={SMALL.max_position_embeddings}", "train.seq_length=32",
+        "inference.max_length=32", "model.eod_token_id=0")).model
+    mapped, loaded = build_model(cfg, allocate=False), build_model(cfg, allocate=False)
+    assert load_quantized_mmap(mapped, int8) == weight_bytes(mapped)["total"]
+    load_quantized(loaded, int8)
+    ids = np.arange(12, dtype=np.int32).reshape(2, 6) * 7 % SMALL.vocab_size
+    args = (ms.Tensor(ids), ms.Tensor(positions(2, 6)), ms.Tensor(causal_mask(2, 6)))
+    mapped.set_train(False)
+    loaded.set_train(False)
+    assert np.array_equal(mapped(*args).asnumpy(), loaded(*args).asnumpy())
