@@ -3,7 +3,8 @@
 Output directory (``train.output_dir``): ``config.yaml`` (the resolved config),
 ``checkpoints/rank_<r>/step_<8 digits>.ckpt``, ``train_log.csv`` / ``train_log.jsonl`` (rank 0),
 ``loss_curve.png`` and ``model_final.ckpt`` (the trained weights with the release's names and the
-model's sizes as metadata, rank 0, when the weights are not sharded).
+model's sizes as metadata, rank 0, when the weights are not sharded) or, with ``lora.rank > 0``,
+``adapter_final.ckpt`` (the adapters only; see ``codegeex_ms.lora``).
 """
 
 import logging
