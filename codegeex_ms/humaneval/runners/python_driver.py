@@ -51,6 +51,12 @@ def _receive(fd: int):
     return json.loads(_read_exact(fd, size))
 
 
+def _unlimited_int_digits() -> None:
+    """Let huge ints be converted to text (Python 3.11+ caps it at 4300 digits by default)."""
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)
+
+
 def encode(value, depth: int = 0):
     """Tagged JSON of a value (built-in data types; anything else becomes an opaque tag)."""
     if depth > _MAX_DEPTH:
@@ -145,7 +151,7 @@ def decode(data, depth: int = 0):
 
 
 def _child(request_fd: int, answer_fd: int) -> None:
-    sys.set_int_max_str_digits(0)
+    _unlimited_int_digits()
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     try:
         with open("sample.py", encoding="utf-8") as f:
@@ -226,7 +232,7 @@ def main() -> None:
         with open("harness.json", encoding="utf-8") as f:
             spec = json.load(f)
         os.unlink("harness.json")
-        sys.set_int_max_str_digits(0)
+        _unlimited_int_digits()
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         exec(compile(spec["preamble"], "preamble.py", "exec"), namespace)
         exec(compile(spec["prompt"], "prompt.py", "exec"), namespace)
