@@ -172,7 +172,8 @@ namespace {
 def cpp_test_unit(problem: dict) -> str:
     """The C++ test translation unit: includes, the declaration's helpers and prototypes, the
     dataset test (its ``main`` renamed, ``assert`` replaced), and a ``main`` that runs the tests
-    and prints the marker with the nonce given as macro ``CODEGEEX_NONCE`` (a string literal)."""
+    and prints the marker of :func:`cpp_marker_unit`. It holds no nonce, so one compiled object
+    serves every sample of a problem."""
     headers = list(_CPP_HEADER.finditer(problem["declaration"]))
     if not headers:
         raise ValueError(f"{problem['task_id']}: no function header in the C++ declaration")
@@ -186,11 +187,20 @@ def cpp_test_unit(problem: dict) -> str:
     test = test[:body_end] + "return 0;\n}\n"
     includes = "".join(line + "\n" for line in CPP_INCLUDES)
     return (includes + prototypes + "\n" + CPP_TEST_DRIVER + "\n" + test + "\n"
+            'extern "C" __attribute__((visibility("hidden"))) const char codegeex_marker[];\n'
             "int main() {\n    codegeex_tests();\n"
-            f'    static const char marker[] = "\\n{MARKER} " CODEGEEX_NONCE "\\n";\n'
-            "    if (write(1, marker, sizeof marker - 1) != (ssize_t)(sizeof marker - 1))\n"
+            "    size_t n = strlen(codegeex_marker);\n"
+            "    if (write(1, codegeex_marker, n) != (ssize_t)n)\n"
             "        _exit(1);\n"
             "    _exit(0);\n}\n")
+
+
+def cpp_marker_unit() -> str:
+    """``marker.c``: the marker line, nonce from macro ``CODEGEEX_NONCE`` (a string literal),
+    as a hidden symbol of the test executable (the sample's library cannot bind to it)."""
+    return ('__attribute__((visibility("hidden"))) extern const char codegeex_marker[];\n'
+            '__attribute__((visibility("hidden"))) const char codegeex_marker[] = '
+            f'"\\n{MARKER} " CODEGEEX_NONCE "\\n";\n')
 
 
 # ---- Java --------------------------------------------------------------------------------------

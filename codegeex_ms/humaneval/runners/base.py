@@ -40,10 +40,12 @@ class StepLimits:
 @dataclass(frozen=True)
 class Check:
     """What the run of one sample must show to pass: the marker line with ``nonce`` on stdout
-    (``expected_tests``: test names a runner also requires its framework to report passed)."""
+    (``expected_tests``: test names a runner also requires its framework to report passed).
+    ``prebuilt``: paths of harness files built outside the sandbox that the steps use."""
 
     nonce: str
     expected_tests: tuple = ()
+    prebuilt: tuple = ()
 
 
 class Runner:
