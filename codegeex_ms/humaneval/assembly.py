@@ -23,9 +23,11 @@ Verdict
 
 Where the nonce lives (it must be out of the sample's reach until the tests are over)
     Python and JavaScript: in ``harness.json``, which the trusted driver reads and deletes before
-    any sample code runs. C++ and Rust: the test unit is compiled after the sample, in its own
-    step, with the nonce given on that step's command line / environment (so ``#include`` or
-    ``include_str!`` in the sample cannot read it at compile time). Java: a file that ``Main``
+    any sample code runs. C++: a tiny ``marker.c`` compiled in the link step, after the sample's
+    compile, with the nonce on that step's command line (so ``#include`` in the sample cannot
+    read it), linked as a hidden symbol the sample's library cannot bind to. Rust: the harness
+    crate is compiled after the sample crate, with the nonce in that step's environment only (so
+    ``env!``/``include_str!`` in the sample cannot read it). Java: a file that ``Main``
     reads and deletes before the sample's class is initialised; it is then held only in
     primitive locals. Go: a literal in a separate ``_test.go`` file; a completion cannot import
     ``os``, ``io``, ``embed`` or ``unsafe`` (imports precede all code in Go, and the harness adds
