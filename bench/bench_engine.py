@@ -81,7 +81,8 @@ def static_batches(model, cfg, tokenizer, rows, args):
     for first in range(0, len(rows), args.slots):
         batch = rows[first:first + args.slots]
         b = len(batch)
-        p = bucket(max(len(t) for t, _ in batch), cfg.inference.max_length)
+        p = min(bucket(max(len(t) for t, _ in batch), cfg.inference.max_length),
+                cfg.inference.max_length - args.max_new)
         length = bucket(p + args.max_new, cfg.inference.max_length)
         if (b, length) not in decoders:
             decoders[(b, length)] = CachedDecoder(model, b, length)

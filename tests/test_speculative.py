@@ -34,7 +34,6 @@ def model():
 
 
 def scheduler(model, slots, spec=None):
-    margin = spec.draft_tokens if spec else 0
     return SlotScheduler(SlotKVCache(model, slots, 64, pad_id=0), IdTokenizer(),
                          eod=IdTokenizer.eod_id, real_vocab_size=VOCAB, speculative=spec)
 

@@ -3,7 +3,11 @@
 
 Generation goes through ``generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed,
 stop_fn) -> list[str]``: completion texts (without the prompt) for a batch of model inputs,
-where ``stop_fn(completion_text) -> bool`` tells the decoder a completion is finished.
+where ``stop_fn(completion_text) -> bool`` tells the decoder a completion is finished (an
+incremental :class:`~.stopping.IncrementalStopFn`: asking after every token scans only new text).
+With the model (``codegeex_ms.evaluate``) a batch runs on the slot scheduler: batches hold
+consecutive samples of one problem, whose equal prompts are prefilled once and share the cache
+(``--batch-size`` up to the number of samples per problem makes the most of it).
 """
 
 import zlib

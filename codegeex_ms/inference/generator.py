@@ -204,12 +204,8 @@ class Generator:
         """Sampling/greedy through the slot scheduler: row r is a request of its own, seeded with
         ``[seed, r]``; identical prompts are prefilled once."""
         b = len(token_lists)
-        need = max(len(t) for t in token_lists) + max_new
-        spec = self.speculative
-        if spec is not None and need + spec.draft_tokens > self.max_length:
-            spec = None                    # no room for the drafts' margin: decode plainly
-        length = bucket(need + (spec.draft_tokens if spec else 0), self.max_length)
-        sched = self._scheduler(b, length, spec)
+        length = bucket(max(len(t) for t in token_lists) + max_new, self.max_length)
+        sched = self._scheduler(b, length, self.speculative)
         sched.trace = self.trace is not None
         before = vars(sched.stats).copy()
         requests = []

@@ -154,14 +154,10 @@ class SlotScheduler:
             raise ValueError("the prompt is empty: give at least one token")
         if request.max_new_tokens < 1 or request.n < 1:
             raise ValueError(f"max_new_tokens and n must be >= 1, got {request.max_new_tokens}, {request.n}")
-        need = len(request.prompt) + request.max_new_tokens + self._margin()
-        if need > self.cache.length:
+        if len(request.prompt) + request.max_new_tokens > self.cache.length:
             raise ValueError(f"{len(request.prompt)} prompt tokens + max_new_tokens="
-                             f"{request.max_new_tokens} exceed the cache's {self.cache.length - self._margin()} "
+                             f"{request.max_new_tokens} exceed the cache's {self.cache.length} "
                              "positions: shorten the prompt or lower max_new_tokens")
-
-    def _margin(self) -> int:
-        return self.speculative.draft_tokens if self.speculative is not None else 0
 
     def submit(self, request: Request) -> None:
         """Queue ``request``'s ``n`` samples."""

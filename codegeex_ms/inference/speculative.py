@@ -60,7 +60,8 @@ def accept_draft(probs: np.ndarray, draft: int, rng: np.random.Generator) -> int
 class PromptLookup:
     """Speculative decoding for a :class:`~codegeex_ms.inference.scheduler.SlotScheduler`
     (its ``speculative=``): drafts of up to ``draft_tokens`` tokens from n-grams of up to
-    ``max_ngram`` tokens. The scheduler's cache needs ``draft_tokens`` positions of margin."""
+    ``max_ngram`` tokens. Steps where a row is within ``draft_tokens`` positions of the cache's
+    end decode plainly."""
 
     def __init__(self, draft_tokens: int = 4, max_ngram: int = 3):
         if draft_tokens < 1 or max_ngram < 1:
@@ -74,6 +75,8 @@ class PromptLookup:
     def step(self, sched) -> bool:
         """One verification step over the pool; False (nothing run) when no row has a draft."""
         rows = list(sched.active.values())
+        if any(row.pos + self.draft_tokens + 1 > sched.cache.length for row in rows):
+            return False           # a row near the cache's end: no room to verify drafts
         drafts = {}
         for row in rows:
             left = row.request.max_new_tokens - len(row.tokens) - 1
