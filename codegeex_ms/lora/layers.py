@@ -87,7 +87,7 @@ class LoRALinear(nn.Cell):
         self.down.shard(((dp, 1), (1, 1)))
         self.up.shard(((dp, 1), (1, 1)))
         self.add.shard(((dp, 1), (dp, 1)))
-        if self.dropout is not None:
+        if isinstance(self.dropout, nn.Dropout):  # not once swapped for the CPU stateless dropout
             self.dropout.dropout.shard(((dp, 1),))
         self.split = self.base.split
         return self
