@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--mixed", type=int, default=0, help="also run N mixed samples (e.g. 1000)")
-    p.add_argument("--mixed-timeout", type=float, default=3.0)
+    p.add_argument("--mixed-timeout", type=float, default=10.0)
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args()
     languages = parse_language_list(args.languages)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from codegeex_ms.humaneval.assembly import assemble_program
-from codegeex_ms.humaneval.execution import (FAILED, OUTPUT_LIMIT, PASSED, TIMEOUT, Executor)
+from codegeex_ms.humaneval.execution import FAILED, OUTPUT_LIMIT, PASSED, TIMEOUT
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
 from codegeex_ms.humaneval.runners import StepLimits
 from codegeex_ms.humaneval import cgroups
