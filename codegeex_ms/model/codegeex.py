@@ -8,7 +8,7 @@ release checkpoint below ``module`` (``language_model.transformer.layers.0.atten
 import mindspore as ms
 from mindspore import nn, ops
 
-from codegeex_ms.model.layers import Embedding, LayerNorm
+from codegeex_ms.model.layers import Embedding, LayerNorm, shard_dropout
 from codegeex_ms.model.transformer import TransformerLayer
 
 
@@ -27,7 +27,7 @@ class TokenEmbedding(nn.Cell):
     def shard_sum(self, dp):
         """Split the sum of the two lookups and its dropout by batch (``dp``), like the layers."""
         self.add.shard(((dp, 1, 1), (dp, 1, 1)))
-        self.dropout.dropout.shard(((dp, 1, 1),))
+        shard_dropout(self.dropout, ((dp, 1, 1),))
         return self
 
     def shard_inputs(self, batch, seq):

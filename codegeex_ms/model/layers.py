@@ -159,3 +159,11 @@ class Embedding(nn.Cell):
 
     def construct(self, ids):
         return self.cast(self.gather(self.weight, ids, 0), self.out_dtype)
+
+
+def shard_dropout(dropout: nn.Cell, strategy: tuple) -> None:
+    """Shard an ``nn.Dropout``'s primitive with ``strategy``. Other dropout Cells (the CPU
+    training's stateless dropout, installed by ``train.dropout``) run only where strategies are
+    inert, so they are left as they are; the plan may be applied before or after installing them."""
+    if isinstance(dropout, nn.Dropout):
+        dropout.dropout.shard(strategy)

@@ -9,7 +9,7 @@ import math
 
 from mindspore import nn, ops
 
-from codegeex_ms.model.layers import LayerNorm, Linear
+from codegeex_ms.model.layers import LayerNorm, Linear, shard_dropout
 from codegeex_ms.ops import FastGelu, MaskedSoftmax
 
 
@@ -50,7 +50,7 @@ class Attention(nn.Cell):
         self.scores.shard(((dp, mp, 1, 1), (dp, mp, 1, 1)))
         self.context.shard(((dp, mp, 1, 1), (dp, mp, 1, 1)))
         self.softmax.shard(dp, mp)
-        self.dropout.dropout.shard(((dp, mp, 1, 1),))
+        shard_dropout(self.dropout, ((dp, mp, 1, 1),))
         return self
 
     def shard_inputs(self, batch, seq):
@@ -133,7 +133,7 @@ class TransformerLayer(nn.Cell):
         for op in (self.attn_residual, self.mlp_residual):
             op.shard(((dp, 1, 1), (dp, 1, 1)))
         for drop in (self.attn_dropout, self.mlp_dropout):
-            drop.dropout.shard(((dp, 1, 1),))
+            shard_dropout(drop, ((dp, 1, 1),))
         return self
 
     def shard_inputs(self, batch, seq):
