@@ -33,7 +33,8 @@
 namespace {
 
 constexpr int64_t kKBlock = 2048;        // K elements per block: 4 rows of FP32 x = 32 KiB
-constexpr int64_t kMinMacsPerTask = 1 << 17;  // ~50 us of work per thread start
+constexpr int64_t kMinMacsPerTask = 1 << 21;  // ~1 ms of work per thread: on a busy machine a
+                                              // started thread may wait a time slice to run
 
 #ifdef CG_W8A16_AVX2
 inline __m256 Widen8(const int8_t *p) {
