@@ -25,20 +25,18 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from codegeex_ms.humaneval.assembly import assemble_program  # noqa: E402
 from codegeex_ms.humaneval.evaluation import execute_samples  # noqa: E402
 from codegeex_ms.humaneval.execution import Executor  # noqa: E402
 from codegeex_ms.humaneval.jsonl import read_records  # noqa: E402
 from codegeex_ms.humaneval.languages import parse_language_list  # noqa: E402
 from codegeex_ms.humaneval.problems import load_problems  # noqa: E402
-from codegeex_ms.humaneval.prompts import code_prefix  # noqa: E402
 from codegeex_ms.humaneval.runners import StepLimits  # noqa: E402
 from codegeex_ms.humaneval.sandbox import Limits  # noqa: E402
+from bench_verdicts import canonical_throughput  # noqa: E402  (this directory is on sys.path)
 
 SETTINGS = ("bwrap+cgroups", "bwrap", "rlimits")
 
@@ -55,24 +53,8 @@ def _executor(setting: str, languages, workers: int, **kwargs) -> Executor:
 
 def measure(setting: str, languages, problems: int, workers: int) -> dict:
     """{language: {samples, passed, seconds, samples_per_s} or {skipped}} for one setting."""
-    rows = {}
     with _executor(setting, languages, workers) as ex:
-        for lang in languages:
-            if lang in ex.skipped:
-                rows[lang] = {"skipped": ex.skipped[lang][:200]}
-                continue
-            items = list(load_problems(lang).values())[:problems]
-            programs = [assemble_program(lang, p, code_prefix(p, lang), p["canonical_solution"])
-                        for p in items]
-            ex.run(lang, programs[0])  # warm-up: caches, page cache
-            start = time.monotonic()
-            with ThreadPoolExecutor(workers) as pool:
-                outcomes = list(pool.map(lambda prog, lang=lang: ex.run(lang, prog), programs))
-            seconds = time.monotonic() - start
-            rows[lang] = {"samples": len(programs), "passed": sum(o.passed for o in outcomes),
-                          "seconds": round(seconds, 2),
-                          "samples_per_s": round(len(programs) / seconds, 3)}
-    return rows
+        return canonical_throughput(ex, languages, problems, workers)
 
 
 def _mixed_completion(i: int, canonical: str) -> str:
