@@ -134,7 +134,7 @@ def test_failure_midway_leaves_no_output(golden, tmp_path, monkeypatch):
     for suffix in (".pt", ".ckpt", ".safetensors"):
         calls.clear()
         with pytest.raises(OSError, match="disk vanished"):
-            convert_checkpoint(golden["pt"], tmp_path / f"out{suffix}")
+            convert_checkpoint(golden["pt"], tmp_path / f"out{suffix}", num_heads=4)
     assert os.listdir(tmp_path) == []  # neither outputs nor temporary files
 
 
@@ -201,7 +201,7 @@ def test_load_into_network_casts_to_parameter_dtype(golden):
 
 
 def test_load_into_network_with_dtype_override(golden, tmp_path):
-    convert_checkpoint(golden["pt"], tmp_path / "w32.safetensors", dtype="float32")
+    convert_checkpoint(golden["pt"], tmp_path / "w32.safetensors", dtype="float32", num_heads=4)
     net = _network(_fixture_layout(golden["config"]))
     load_into_network(net, tmp_path / "w32.safetensors", dtype=ms.float16)
     original = {n[len("module."):]: a for n, a in _release_arrays(golden["pt"]).items()}
