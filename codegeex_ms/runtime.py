@@ -28,7 +28,8 @@ def setup(mode: str = "graph", device_target: str = None, seed: int = None) -> N
     """Set the execution mode ("graph" or "pynative"), device and (optionally) the global seed."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     ms.set_context(mode={"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[mode])
-    if device_target:
+    if device_target and ms.get_context("device_target") != device_target:
+        # set_device refuses once a kernel has run, even to name the device already in use
         ms.set_device(device_target)
     if seed is not None:
         ms.set_seed(seed)
