@@ -134,6 +134,7 @@ def _cases(secret_paths, sockets) -> dict:
     return {
         ("python", "memory_over_processes"): (lambda c: _python(c, """
             import os
+            import time
             pids = []
             for i in range(6):
                 pid = os.fork()
@@ -141,6 +142,7 @@ def _cases(secret_paths, sockets) -> dict:
                     b = bytearray(300 * 2**20)
                     for j in range(0, len(b), 4096):
                         b[j] = 1
+                    time.sleep(3)  # hold it until all six hold theirs: 1800 MiB together
                     os._exit(0)
                 pids.append(pid)
             if any(os.waitpid(p, 0)[1] != 0 for p in pids):
@@ -224,6 +226,7 @@ def _cases(secret_paths, sockets) -> dict:
                     char *p = (char *) malloc(300u << 20);
                     if (!p) _exit(1);
                     memset(p, 1, 300u << 20);
+                    sleep(3);  // hold it until all six hold theirs: 1800 MiB together
                     _exit(0);
                 }
             }
