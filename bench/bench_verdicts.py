@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     sys.path.insert(0, args.child or str(REPO_ROOT))
-    from codegeex_ms.humaneval.languages import parse_language_list
+    from codegeex_ms.data.languages import parse_language_list
     args.languages = parse_language_list(args.languages)
 
     if args.child:

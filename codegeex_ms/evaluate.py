@@ -28,7 +28,7 @@ from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.evaluation import execute_samples
 from .humaneval.generation import SamplingConfig, generate_samples
 from .humaneval.jsonl import read_records
-from .humaneval.languages import parse_language_list
+from .data.languages import parse_language_list
 from .humaneval.oracle import canonical_generate_fn
 from .humaneval.problems import load_problems, select_problems
 from .humaneval.prompts import Track

@@ -65,7 +65,7 @@ def language_stop_fn(language: str):
     """Stop rule of reference section 7 for the HumanEval-X languages (None for others):
     ``text -> text cut at the end of the function, or None while unfinished``, which the
     generator applies incrementally (see :class:`~codegeex_ms.humaneval.stopping.LanguageStop`)."""
-    from codegeex_ms.humaneval.languages import get_language
+    from codegeex_ms.data.languages import get_language
     from codegeex_ms.humaneval.stopping import LanguageStop
     try:
         return LanguageStop(get_language(language).key)

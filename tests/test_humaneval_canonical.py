@@ -18,7 +18,7 @@ import pytest
 
 from codegeex_ms.humaneval.assembly import assemble_program
 from codegeex_ms.humaneval.execution import COMPILE_ERROR, FAILED, PASSED, Executor
-from codegeex_ms.humaneval.languages import LANGUAGES
+from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems, task_number
 from codegeex_ms.humaneval.prompts import code_prefix
 
@@ -47,16 +47,16 @@ FLAKY_CANONICAL = {
 
 @pytest.fixture(scope="module")
 def problems():
-    missing = [lang for lang in LANGUAGES
+    missing = [lang for lang in HUMANEVAL_LANGUAGES
                if not (humaneval_dir() / f"humaneval_{lang}.jsonl.gz").exists()]
     if missing:
         pytest.skip(f"HumanEval-X data missing in {humaneval_dir()} for {missing}")
-    return {lang: load_problems(lang) for lang in LANGUAGES}
+    return {lang: load_problems(lang) for lang in HUMANEVAL_LANGUAGES}
 
 
 @pytest.fixture(scope="module")
 def executor():
-    ex = Executor(list(LANGUAGES), workers=WORKERS)
+    ex = Executor(list(HUMANEVAL_LANGUAGES), workers=WORKERS)
     print(f"\nisolation: {ex.sandbox.describe()}")
     for lang, reason in ex.skipped.items():
         print(f"skipped {lang}: {reason}")
@@ -83,7 +83,7 @@ def _selected(problems, language):
     return {t: p for t, p in problems[language].items() if FULL or task_number(t) in SUBSET}
 
 
-@pytest.mark.parametrize("language", list(LANGUAGES))
+@pytest.mark.parametrize("language", list(HUMANEVAL_LANGUAGES))
 def test_canonical_solutions_pass(executor, problems, language):
     _require(executor, language)
     selected = _selected(problems, language)
@@ -113,7 +113,7 @@ def _swap_booleans(language: str, code: str) -> str:
                   lambda m: f"return {false if m.group(1) == true else true}", code)
 
 
-@pytest.mark.parametrize("language", list(LANGUAGES))
+@pytest.mark.parametrize("language", list(HUMANEVAL_LANGUAGES))
 def test_wrong_return_values_fail(executor, problems, language):
     _require(executor, language)
     programs = {}

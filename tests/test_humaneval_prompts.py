@@ -7,7 +7,7 @@ import pytest
 from codegeex_ms.humaneval.assembly import (assemble_program, cpp_test_unit, go_test_file,
                                             rust_harness_crate, rust_sample_crate)
 from codegeex_ms.humaneval.jsonl import JsonlWriter, read_records
-from codegeex_ms.humaneval.languages import LANGUAGES, get_language, parse_language_list
+from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES, get_language, parse_language_list
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
 from codegeex_ms.humaneval.prompts import (Track, code_prefix, generation_input, model_input,
                                            track_code_prefix, translation_input)
@@ -22,16 +22,16 @@ HELPERS_AFTER_FUNCTION = {"CPP/94", "Go/72", "Rust/10", "Rust/32", "Rust/38", "R
 
 @pytest.fixture(scope="module")
 def problems():
-    missing = [lang for lang in LANGUAGES
+    missing = [lang for lang in HUMANEVAL_LANGUAGES
                if not (humaneval_dir() / f"humaneval_{lang}.jsonl.gz").exists()]
     if missing:
         pytest.skip(f"HumanEval-X data missing in {humaneval_dir()} for {missing}")
-    return {lang: load_problems(lang) for lang in LANGUAGES}
+    return {lang: load_problems(lang) for lang in HUMANEVAL_LANGUAGES}
 
 
 def test_language_names():
     assert get_language("C++").key == "cpp" and get_language("JavaScript").key == "js"
-    assert parse_language_list("all") == list(LANGUAGES)
+    assert parse_language_list("all") == list(HUMANEVAL_LANGUAGES)
     assert parse_language_list("python, c++,python") == ["python", "cpp"]
     with pytest.raises(ValueError, match="unknown HumanEval-X language 'cobol'"):
         get_language("cobol")

@@ -14,7 +14,7 @@ import pytest
 from codegeex_ms.humaneval.assembly import (MARKER, assemble_program, marker_line,
                                             python_entry_point)
 from codegeex_ms.humaneval.execution import COMPILE_ERROR, FAILED, PASSED, Executor
-from codegeex_ms.humaneval.languages import LANGUAGES
+from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
 from codegeex_ms.humaneval.prompts import code_prefix
 from codegeex_ms.humaneval.runners import RUNNERS, StepLimits
@@ -164,16 +164,16 @@ HOSTILE = {
 
 @pytest.fixture(scope="module")
 def problems():
-    missing = [lang for lang in LANGUAGES
+    missing = [lang for lang in HUMANEVAL_LANGUAGES
                if not (humaneval_dir() / f"humaneval_{lang}.jsonl.gz").exists()]
     if missing:
         pytest.skip(f"HumanEval-X data missing in {humaneval_dir()} for {missing}")
-    return {lang: load_problems(lang) for lang in LANGUAGES}
+    return {lang: load_problems(lang) for lang in HUMANEVAL_LANGUAGES}
 
 
 @pytest.fixture(scope="module")
 def executor():
-    ex = Executor(list(LANGUAGES), workers=2, limits=StepLimits())
+    ex = Executor(list(HUMANEVAL_LANGUAGES), workers=2, limits=StepLimits())
     yield ex
     ex.close()
 
@@ -190,7 +190,7 @@ def _task(problems, language, number):
     return next(p for p in problems[language].values() if p["task_id"].endswith(f"/{number}"))
 
 
-@pytest.mark.parametrize("language", list(LANGUAGES))
+@pytest.mark.parametrize("language", list(HUMANEVAL_LANGUAGES))
 def test_hostile_samples_are_not_passed(executor, problems, language):
     _require(executor, language)
     base = _task(problems, language, 0)
@@ -207,7 +207,7 @@ def test_hostile_samples_are_not_passed(executor, problems, language):
     assert wrong == {}
 
 
-@pytest.mark.parametrize("language", list(LANGUAGES))
+@pytest.mark.parametrize("language", list(HUMANEVAL_LANGUAGES))
 def test_verdict_needs_this_samples_nonce(language):
     runner = RUNNERS[language].__new__(RUNNERS[language])
     check = Check("f" * 32, ("TestX",) if language == "go" else ())

@@ -1,8 +1,12 @@
-"""Language names, tag lines and detection from file extensions.
+"""Language facts: names, tag lines, detection from file extensions, and the HumanEval-X six.
 
 Tag lines come from ``language_tags.json`` (name -> tag, e.g. ``"python": "# language: Python"``);
 several names may share a tag (``cpp``/``c++``). A language's canonical *display name* is the name
 inside its tag (``Python``, ``C++``), so aliases collapse to one language.
+
+The six HumanEval-X languages (:data:`HUMANEVAL_LANGUAGES`) have their own short keys (``cpp``,
+``js``), task-id prefixes and stop-rule kind; they need no data file, so scoring and reports
+work without the tags file.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import PurePath
 
 from codegeex_ms.paths import require_file, shared_data_dir
@@ -95,3 +100,59 @@ class Languages:
     def tag(self, display: str) -> str:
         """Tag line (no newline) for a display name returned by ``from_name``/``from_path``."""
         return self._tag_by_display[display]
+
+
+@dataclass(frozen=True)
+class HumanEvalLanguage:
+    """One HumanEval-X language.
+
+    ``key`` is the name used in file names and records (``python``, ``cpp``, ``java``, ``js``,
+    ``go``, ``rust``); ``display`` is the name used in prompts and reports (reference section 6);
+    ``task_prefix`` is the prefix of its task ids (``CPP/0``); ``braces`` says whether the
+    brace-counting stop rule applies.
+    """
+
+    key: str
+    display: str
+    task_prefix: str
+    braces: bool
+
+
+HUMANEVAL_LANGUAGES = {
+    lang.key: lang
+    for lang in (
+        HumanEvalLanguage("python", "Python", "Python", braces=False),
+        HumanEvalLanguage("cpp", "C++", "CPP", braces=True),
+        HumanEvalLanguage("java", "Java", "Java", braces=True),
+        HumanEvalLanguage("js", "JavaScript", "JavaScript", braces=True),
+        HumanEvalLanguage("go", "Go", "Go", braces=True),
+        HumanEvalLanguage("rust", "Rust", "Rust", braces=True),
+    )
+}
+
+_HUMANEVAL_ALIASES = {"c++": "cpp", "javascript": "js", "py": "python", "golang": "go",
+                      "rs": "rust"}
+
+
+def get_language(name: str) -> HumanEvalLanguage:
+    """Look up a HumanEval-X language by key, display name or alias (case-insensitive).
+
+    Raises ValueError naming the bad name and the accepted keys.
+    """
+    key = name.strip().lower()
+    key = _HUMANEVAL_ALIASES.get(key, key)
+    if key not in HUMANEVAL_LANGUAGES:
+        raise ValueError(f"unknown HumanEval-X language {name!r}; use one of "
+                         f"{sorted(HUMANEVAL_LANGUAGES)}")
+    return HUMANEVAL_LANGUAGES[key]
+
+
+def parse_language_list(text: str) -> list:
+    """Parse a comma-separated HumanEval-X language list (``"python,cpp"`` or ``"all"``) into
+    keys, in order."""
+    if text.strip().lower() == "all":
+        return list(HUMANEVAL_LANGUAGES)
+    keys = [get_language(part).key for part in text.split(",") if part.strip()]
+    if not keys:
+        raise ValueError(f"empty language list {text!r}; use e.g. 'python,cpp' or 'all'")
+    return list(dict.fromkeys(keys))

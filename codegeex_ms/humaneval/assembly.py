@@ -66,7 +66,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from .languages import get_language
+from ..data.languages import get_language
 
 # Prepended to every Python program (reference section 7), plus the common aliases.
 PYTHON_IMPORTS = [

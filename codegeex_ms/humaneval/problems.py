@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..paths import require_file, shared_data_dir
-from .languages import get_language
+from ..data.languages import get_language
 
 
 def humaneval_dir() -> Path:

@@ -7,9 +7,8 @@ source code the completion continues (the program is code prefix + completion + 
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..data.languages import Languages
+from ..data.languages import Languages, get_language
 from ..inference.prompts import resolve_language, translation_prompt
-from .languages import get_language
 
 
 @lru_cache(maxsize=1)

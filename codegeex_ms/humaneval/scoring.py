@@ -2,7 +2,7 @@
 
 from collections import Counter, defaultdict
 
-from .languages import LANGUAGES
+from ..data.languages import HUMANEVAL_LANGUAGES
 from .passk import applicable_ks, mean_pass_at_k, pass_at_k
 from .prompts import Track
 
@@ -57,7 +57,7 @@ def score(results, ks=(1, 10, 100), sample_tracks=(), skipped=None) -> tuple:
 
 
 def _track_order(name: str) -> tuple:
-    order = list(LANGUAGES)
+    order = list(HUMANEVAL_LANGUAGES)
     track = Track.parse(name)
     return (track.source is not None, order.index(track.language),
             order.index(track.source) if track.source else -1)

@@ -16,7 +16,7 @@ import copy
 from collections import OrderedDict
 from typing import Optional
 
-from .languages import get_language
+from ..data.languages import get_language
 
 
 class StopScanner:
