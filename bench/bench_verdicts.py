@@ -30,8 +30,7 @@ def canonical_throughput(ex, languages, problems: int, workers: int) -> dict:
     at a time, after one warm-up sample (caches, page cache). Works with any tree whose
     ``Executor.run(lang, program)`` takes ``assemble_program``'s result."""
     from codegeex_ms.humaneval.assembly import assemble_program
-    from codegeex_ms.humaneval.problems import load_problems
-    from codegeex_ms.humaneval.prompts import code_prefix
+    from codegeex_ms.humaneval.problems import code_prefix, load_problems
 
     rows = {}
     for lang in languages:

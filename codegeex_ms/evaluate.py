@@ -31,7 +31,7 @@ from .humaneval.jsonl import read_records
 from .data.languages import parse_language_list
 from .humaneval.oracle import canonical_generate_fn
 from .humaneval.problems import load_problems, select_problems
-from .humaneval.prompts import Track
+from .humaneval.problems import Track
 from .humaneval.report import write_chart, write_json, write_markdown, write_per_problem
 from .humaneval.runners import StepLimits
 from .humaneval.sandbox import ISOLATION_CHOICES, Limits, Sandbox, SandboxUnavailable

@@ -19,8 +19,7 @@ import pytest
 from codegeex_ms.humaneval.assembly import assemble_program
 from codegeex_ms.humaneval.execution import COMPILE_ERROR, FAILED, PASSED, Executor
 from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES
-from codegeex_ms.humaneval.problems import humaneval_dir, load_problems, task_number
-from codegeex_ms.humaneval.prompts import code_prefix
+from codegeex_ms.humaneval.problems import code_prefix, humaneval_dir, load_problems, task_number
 
 CI = os.environ.get("CI") == "true"
 FULL = CI or os.environ.get("HUMANEVAL_FULL") == "1"

@@ -8,9 +8,9 @@ from codegeex_ms.humaneval.assembly import (assemble_program, cpp_test_unit, go_
                                             rust_harness_crate, rust_sample_crate)
 from codegeex_ms.humaneval.jsonl import JsonlWriter, read_records
 from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES, get_language, parse_language_list
-from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
-from codegeex_ms.humaneval.prompts import (Track, code_prefix, generation_input, model_input,
-                                           track_code_prefix, translation_input)
+from codegeex_ms.humaneval.problems import (Track, code_prefix, generation_input, humaneval_dir,
+                                            load_problems, model_input, track_code_prefix,
+                                            translation_input)
 from codegeex_ms.humaneval.stopping import (is_finished, make_stop_fn, stop_index,
                                             truncate_completion)
 

@@ -15,8 +15,7 @@ from codegeex_ms.humaneval.assembly import (MARKER, assemble_program, marker_lin
                                             python_entry_point)
 from codegeex_ms.humaneval.execution import COMPILE_ERROR, FAILED, PASSED, Executor
 from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES
-from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
-from codegeex_ms.humaneval.prompts import code_prefix
+from codegeex_ms.humaneval.problems import code_prefix, humaneval_dir, load_problems
 from codegeex_ms.humaneval.runners import RUNNERS, StepLimits
 from codegeex_ms.humaneval.runners.base import Check
 from codegeex_ms.humaneval.runners.python_driver import Opaque, decode, encode

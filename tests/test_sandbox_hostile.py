@@ -25,8 +25,7 @@ import pytest
 import codegeex_ms
 from codegeex_ms.humaneval.assembly import assemble_program
 from codegeex_ms.humaneval.execution import FAILED, PASSED, TIMEOUT
-from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
-from codegeex_ms.humaneval.prompts import code_prefix
+from codegeex_ms.humaneval.problems import code_prefix, humaneval_dir, load_problems
 from codegeex_ms.humaneval.runners import StepLimits
 from codegeex_ms.humaneval.sandbox import Limits
 from sandbox_support import leftovers, make_executor, require_language

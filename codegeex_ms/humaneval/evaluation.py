@@ -13,7 +13,7 @@ from .assembly import assemble_program
 from .execution import ERROR, Executor, Outcome
 from .generation import sample_key
 from .jsonl import JsonlWriter, read_records
-from .prompts import Track, track_code_prefix
+from .problems import Track, track_code_prefix
 
 
 def build_program(record: dict, problems: dict) -> tuple:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from .jsonl import JsonlWriter, read_records
-from .prompts import Track, model_input
-from .problems import task_number
+from .problems import Track, model_input, source_problem, task_number
 from .stopping import is_finished, make_stop_fn, truncate_completion
 
 
@@ -48,17 +47,6 @@ def pending_samples(tracks, problems: dict, n: int, done: set) -> list:
         for task_id in problems[track.language]:
             todo += [(track, task_id, i) for i in range(n) if (track.name, task_id, i) not in done]
     return todo
-
-
-def source_problem(track: Track, problems: dict, task_id: str):
-    """The translation source's problem with the same number as ``task_id`` (None: generation)."""
-    if track.source is None:
-        return None
-    number = task_number(task_id)
-    for tid, problem in problems[track.source].items():
-        if task_number(tid) == number:
-            return problem
-    raise KeyError(f"no {track.source} problem number {number} for translation track {track.name}")
 
 
 def generate_samples(tracks, problems: dict, generate_fn, samples_path, cfg: SamplingConfig,

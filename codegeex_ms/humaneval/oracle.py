@@ -1,8 +1,7 @@
 """A ``generate_fn`` that answers with the dataset's canonical solutions, to check the harness
 end to end (every sample should pass)."""
 
-from .generation import source_problem
-from .prompts import model_input
+from .problems import model_input, source_problem
 
 
 def canonical_generate_fn(tracks, problems: dict):

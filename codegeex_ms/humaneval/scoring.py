@@ -4,7 +4,7 @@ from collections import Counter, defaultdict
 
 from ..data.languages import HUMANEVAL_LANGUAGES
 from .passk import applicable_ks, mean_pass_at_k, pass_at_k
-from .prompts import Track
+from .problems import Track
 
 
 def count_results(results) -> dict:
