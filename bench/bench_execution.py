@@ -29,13 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from codegeex_ms.humaneval.evaluation import execute_samples  # noqa: E402
-from codegeex_ms.humaneval.execution import Executor  # noqa: E402
-from codegeex_ms.humaneval.jsonl import read_records  # noqa: E402
 from codegeex_ms.data.languages import parse_language_list  # noqa: E402
+from codegeex_ms.humaneval.execution import Executor  # noqa: E402
 from codegeex_ms.humaneval.problems import load_problems  # noqa: E402
 from codegeex_ms.humaneval.runners import StepLimits  # noqa: E402
 from codegeex_ms.humaneval.sandbox import Limits  # noqa: E402
+from codegeex_ms.humaneval.steps import execute_samples, read_records  # noqa: E402
 from bench_verdicts import canonical_throughput  # noqa: E402  (this directory is on sys.path)
 
 SETTINGS = ("bwrap+cgroups", "bwrap", "rlimits")

@@ -24,18 +24,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import cli_common
-from .humaneval.execution import Executor, eval_cache_dir
-from .humaneval.evaluation import execute_samples
-from .humaneval.generation import SamplingConfig, generate_samples
-from .humaneval.jsonl import read_records
 from .data.languages import parse_language_list
-from .humaneval.oracle import canonical_generate_fn
-from .humaneval.problems import load_problems, select_problems
-from .humaneval.problems import Track
+from .humaneval.execution import Executor, eval_cache_dir
+from .humaneval.problems import Track, load_problems, select_problems
 from .humaneval.report import write_chart, write_json, write_markdown, write_per_problem
 from .humaneval.runners import StepLimits
 from .humaneval.sandbox import ISOLATION_CHOICES, Limits, Sandbox, SandboxUnavailable
 from .humaneval.scoring import score
+from .humaneval.steps import (SamplingConfig, canonical_generate_fn, execute_samples,
+                              generate_samples, read_records)
 
 STEPS = ("generate", "execute", "score")
 # Settings that must not change when generation resumes into an existing output directory.

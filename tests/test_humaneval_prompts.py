@@ -6,7 +6,7 @@ import pytest
 
 from codegeex_ms.humaneval.assembly import (assemble_program, cpp_test_unit, go_test_file,
                                             rust_harness_crate, rust_sample_crate)
-from codegeex_ms.humaneval.jsonl import JsonlWriter, read_records
+from codegeex_ms.humaneval.steps import JsonlWriter, read_records
 from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES, get_language, parse_language_list
 from codegeex_ms.humaneval.problems import (Track, code_prefix, generation_input, humaneval_dir,
                                             load_problems, model_input, track_code_prefix,

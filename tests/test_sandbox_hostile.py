@@ -458,8 +458,7 @@ def test_mixed_samples_survive_and_a_resumed_run_finishes(problems, tmp_path):
     """100 samples (crashing, hanging, flooding, fork-bombing among them), one that cannot be
     assembled and one the harness fails on: every one gets exactly one result, the run goes on
     after each, and a run interrupted half-way resumes to the same complete set."""
-    from codegeex_ms.humaneval.evaluation import execute_samples
-    from codegeex_ms.humaneval.jsonl import read_records
+    from codegeex_ms.humaneval.steps import execute_samples, read_records
     import json
     canonical = problems["python"]["canonical_solution"]
     records = [{"track": "python", "task_id": "Python/0", "sample_idx": i,
