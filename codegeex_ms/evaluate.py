@@ -27,10 +27,9 @@ from . import cli_common
 from .data.languages import parse_language_list
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.problems import Track, load_problems, select_problems
-from .humaneval.report import write_chart, write_json, write_markdown, write_per_problem
 from .humaneval.runners import StepLimits
 from .humaneval.sandbox import ISOLATION_CHOICES, Limits, Sandbox, SandboxUnavailable
-from .humaneval.scoring import score
+from .humaneval.scoring import score, write_chart, write_json, write_markdown, write_per_problem
 from .humaneval.steps import (SamplingConfig, canonical_generate_fn, execute_samples,
                               generate_samples, read_records)
 

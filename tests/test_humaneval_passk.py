@@ -7,9 +7,8 @@ from math import comb
 
 import pytest
 
-from codegeex_ms.humaneval.passk import applicable_ks, mean_pass_at_k, pass_at_k
-from codegeex_ms.humaneval.report import markdown_table, write_chart, write_per_problem
-from codegeex_ms.humaneval.scoring import score
+from codegeex_ms.humaneval.scoring import (applicable_ks, markdown_table, mean_pass_at_k, pass_at_k,
+                                           score, write_chart, write_per_problem)
 
 
 def exact_pass_at_k(n, c, k):

@@ -7,7 +7,7 @@ generate, execute and score steps), ``passk``, ``report``, ``jsonl``. Nothing he
 MindSpore.
 """
 
-from .passk import pass_at_k
+from .scoring import pass_at_k
 from .stopping import is_finished, make_stop_fn, truncate_completion
 
 __all__ = ["is_finished", "make_stop_fn", "pass_at_k", "truncate_completion"]
