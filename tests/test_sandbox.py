@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from codegeex_ms.humaneval.assembly import assemble_program
-from codegeex_ms.humaneval.execution import FAILED, OUTPUT_LIMIT, PASSED, TIMEOUT
+from codegeex_ms.humaneval.execution import FAILED, OUTPUT_LIMIT, PASSED, TIMEOUT, remove_tree
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
 from codegeex_ms.humaneval.runners import StepLimits
 from codegeex_ms.humaneval import cgroups
 from codegeex_ms.humaneval.sandbox import (BUBBLEWRAP, RLIMITS, Limits, Sandbox,
                                            SandboxUnavailable)
-from codegeex_ms.humaneval.workdirs import remove_tree
 from sandbox_support import make_executor, unavailable
 
 RUN_LIMITS = Limits(wall_s=10.0, max_procs=64, memory_bytes=1 << 30)  # smaller: faster to exhaust

@@ -42,7 +42,7 @@ strongest fallback applies and :meth:`Sandbox.describe` says so: per-process lim
 (``RLIMIT_AS``, ``RLIMIT_NPROC`` per sandbox uid). In both cases each process gets
 ``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE`` and no core dumps (applied
 with ``prlimit``), the whole tree is SIGKILLed after a wall-clock timeout or when captured
-stdout + stderr pass a cap. The sample directory's size cap is :mod:`.workdirs`' job.
+stdout + stderr pass a cap. The sample directory's size cap is :class:`.execution.Workdirs`' job.
 """
 
 import fcntl
