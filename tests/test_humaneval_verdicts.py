@@ -16,9 +16,8 @@ from codegeex_ms.humaneval.assembly import (MARKER, assemble_program, marker_lin
 from codegeex_ms.humaneval.execution import COMPILE_ERROR, FAILED, PASSED, Executor
 from codegeex_ms.data.languages import HUMANEVAL_LANGUAGES
 from codegeex_ms.humaneval.problems import code_prefix, humaneval_dir, load_problems
-from codegeex_ms.humaneval.runners import RUNNERS, StepLimits
-from codegeex_ms.humaneval.runners.base import Check
-from codegeex_ms.humaneval.runners.python_driver import Opaque, decode, encode
+from codegeex_ms.humaneval.python_driver import Opaque, decode, encode
+from codegeex_ms.humaneval.runners import RUNNERS, Check, StepLimits
 from codegeex_ms.humaneval.sandbox import RunResult
 
 ANY_FAKE_NONCE = "0123456789abcdef0123456789abcdef"
