@@ -33,7 +33,7 @@ from codegeex_ms.data.languages import parse_language_list  # noqa: E402
 from codegeex_ms.humaneval.execution import Executor  # noqa: E402
 from codegeex_ms.humaneval.problems import load_problems  # noqa: E402
 from codegeex_ms.humaneval.runners import StepLimits  # noqa: E402
-from codegeex_ms.humaneval.sandbox import Limits  # noqa: E402
+from codegeex_ms.humaneval.sandbox import SandboxLimits  # noqa: E402
 from codegeex_ms.humaneval.steps import execute_samples, read_records  # noqa: E402
 from bench_verdicts import canonical_throughput  # noqa: E402  (this directory is on sys.path)
 
@@ -78,7 +78,7 @@ def mixed(n: int, workers: int, timeout: float) -> dict:
             "track": "python", "task_id": "Python/0", "sample_idx": i,
             "completion": _mixed_completion(i, problem["canonical_solution"])}) + "\n"
             for i in range(n)))
-        limits = StepLimits(run=Limits(wall_s=timeout, max_procs=32,
+        limits = StepLimits(run=SandboxLimits(wall_s=timeout, max_procs=32,
                                        max_output_bytes=256 * 1024))
         with Executor(["python"], workers=workers, limits=limits) as ex:
             start = time.monotonic()

@@ -28,7 +28,7 @@ from .data.languages import parse_language_list
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.problems import Track, load_problems, select_problems
 from .humaneval.runners import StepLimits
-from .humaneval.sandbox import ISOLATION_CHOICES, Limits, Sandbox, SandboxUnavailable
+from .humaneval.sandbox import ISOLATION_CHOICES, Sandbox, SandboxLimits, SandboxUnavailable
 from .humaneval.scoring import score, write_chart, write_json, write_markdown, write_per_problem
 from .humaneval.steps import (SamplingConfig, canonical_generate_fn, execute_samples,
                               generate_samples, read_records)
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    action="store_true",
                    help="allow running untrusted samples without bubblewrap (--isolation "
                         "rlimits, or auto where bubblewrap does not work)")
-    g.add_argument("--run-timeout", type=float, default=Limits().wall_s,
+    g.add_argument("--run-timeout", type=float, default=SandboxLimits().wall_s,
                    help="seconds per test run")
     g.add_argument("--compile-timeout", type=float, default=StepLimits().compile.wall_s,
                    help="seconds per compilation")

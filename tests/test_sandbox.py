@@ -20,11 +20,12 @@ from codegeex_ms.humaneval.execution import FAILED, OUTPUT_LIMIT, PASSED, TIMEOU
 from codegeex_ms.humaneval.problems import humaneval_dir, load_problems
 from codegeex_ms.humaneval.runners import StepLimits
 from codegeex_ms.humaneval import cgroups
-from codegeex_ms.humaneval.sandbox import (BUBBLEWRAP, RLIMITS, Limits, Sandbox,
+from codegeex_ms.humaneval.sandbox import (BUBBLEWRAP, RLIMITS, Sandbox, SandboxLimits,
                                            SandboxUnavailable)
 from sandbox_support import make_executor, unavailable
 
-RUN_LIMITS = Limits(wall_s=10.0, max_procs=64, memory_bytes=1 << 30)  # smaller: faster to exhaust
+RUN_LIMITS = SandboxLimits(wall_s=10.0, max_procs=64,
+                           memory_bytes=1 << 30)  # smaller: faster to exhaust
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_process_limit_counts_only_the_sample(problem, tmp_path):
     with sandbox.slot() as slot:
         sandbox.give(tmp_path, slot)
         result = sandbox.run([sys.executable, "f.py"], cwd=tmp_path, slot=slot,
-                             limits=Limits(wall_s=20, max_procs=40),
+                             limits=SandboxLimits(wall_s=20, max_procs=40),
                              visible=[sys.prefix, sys.base_prefix])
     sandbox.close()
     assert result.returncode == 0, result.stderr
@@ -248,14 +249,14 @@ def test_rlimits_fallback_still_limits(tmp_path):
         sandbox.give(tmp_path, slot)
         for code, kind in cases.items():
             r = sandbox.run(["/bin/sh", "-c", code], cwd=tmp_path, slot=slot,
-                            limits=Limits(wall_s=5, memory_bytes=256 << 20))
+                            limits=SandboxLimits(wall_s=5, memory_bytes=256 << 20))
             assert not r.ok, kind
             assert {"timeout": r.timed_out, "output": r.output_exceeded,
                     "memory": "memory exhausted" in r.stderr,
                     "uid": "Permission denied" in r.stderr}[kind], (kind, r)
         if sandbox.cgroups is not None:
             r = sandbox.run(["/bin/sh", "-c", "setsid sleep 300 > /dev/null 2>&1 & echo $!"],
-                            cwd=tmp_path, slot=slot, limits=Limits(wall_s=5))
+                            cwd=tmp_path, slot=slot, limits=SandboxLimits(wall_s=5))
             daemon = int(r.stdout)
             assert r.ok and not os.path.exists(f"/proc/{daemon}/status") or \
                 "Z" in open(f"/proc/{daemon}/status").read().split("State:")[1][:4]
@@ -390,11 +391,11 @@ def test_toolchains_under_tmp_are_bound_and_nothing_else(tmp_path):
     try:
         with sandbox.slot() as slot:
             sandbox.give(work, slot)
-            ran = sandbox.run([str(tool / "bin" / "tool")], cwd=work, slot=slot, limits=Limits(),
-                              visible=[tool])
+            ran = sandbox.run([str(tool / "bin" / "tool")], cwd=work, slot=slot,
+                              limits=SandboxLimits(), visible=[tool])
             look = sandbox.run(["/bin/sh", "-c", "for p; do [ -e \"$p\" ] && echo \"SEEN $p\"; "
                                 "done; true", "sh", *map(str, hidden)],
-                               cwd=work, slot=slot, limits=Limits())
+                               cwd=work, slot=slot, limits=SandboxLimits())
     finally:
         sandbox.close()
     assert ran.ok and ran.stdout == "toolchain data\n", ran

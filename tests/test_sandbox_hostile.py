@@ -27,13 +27,13 @@ from codegeex_ms.humaneval.assembly import assemble_program
 from codegeex_ms.humaneval.execution import FAILED, PASSED, TIMEOUT
 from codegeex_ms.humaneval.problems import code_prefix, humaneval_dir, load_problems
 from codegeex_ms.humaneval.runners import StepLimits
-from codegeex_ms.humaneval.sandbox import Limits
+from codegeex_ms.humaneval.sandbox import SandboxLimits
 from sandbox_support import leftovers, make_executor, require_language
 
 _MIB = 1 << 20
 # 1.5 GiB, smaller than the default so attacks exhaust it sooner (Java, whose reservations need
 # the default 2 GiB of address space, runs under the default limits: it attacks files/sockets)
-RUN = Limits(wall_s=10.0, memory_bytes=1536 * _MIB, max_procs=128, tmp_bytes=16 * _MIB)
+RUN = SandboxLimits(wall_s=10.0, memory_bytes=1536 * _MIB, max_procs=128, tmp_bytes=16 * _MIB)
 WORKDIR_BYTES = 64 * _MIB
 LANGS = ("python", "cpp", "js", "java", "go", "rust")
 TASK = {"python": "Python/0", "cpp": "CPP/0", "js": "JavaScript/0", "java": "Java/0",
@@ -407,7 +407,8 @@ def test_node_with_its_apis_is_contained(executor, attack):
             (workdir / "attack.js").write_text(code)
             sandbox.give(workdir, slot)
             result = sandbox.run([str(runner.node), "attack.js"], cwd=workdir, slot=slot,
-                                 limits=Limits(wall_s=15, memory_bytes=1024 * _MIB, max_procs=256),
+                                 limits=SandboxLimits(wall_s=15, memory_bytes=1024 * _MIB,
+                                                      max_procs=256),
                                  visible=runner.visible(), env={"HOME": str(workdir)})
         finally:
             assert executor.workdirs.release(workdir) == ""
@@ -469,7 +470,7 @@ def test_mixed_samples_survive_and_a_resumed_run_finishes(problems, tmp_path):
                     "completion": "    return 'BROKEN'\n"})
     samples, results = tmp_path / "samples.jsonl", tmp_path / "results.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in records))
-    limits = StepLimits(run=Limits(wall_s=6.0, max_procs=32, max_output_bytes=256 * 1024))
+    limits = StepLimits(run=SandboxLimits(wall_s=6.0, max_procs=32, max_output_bytes=256 * 1024))
     ex = make_executor(["python"], workers=2, limits=limits)
     try:
         table = {"python": {"Python/0": problems["python"]}}

@@ -1,4 +1,4 @@
-"""HumanEval-X problems and prompts: loading the data, tracks, model inputs (reference sections 6, 7).
+"""HumanEval-X problems and prompts: the data, tracks, model inputs (reference sections 6, 7).
 
 Each sample has two texts: the *model input* fed to the decoder, and the *code prefix*, the
 source code the completion continues (the program is code prefix + completion + tests).

@@ -63,7 +63,7 @@ from .assembly import (CPP_INCLUDES, PYTHON_IMPORTS, Program, cpp_marker_unit, c
                        java_test_unit, js_harness_parts, marker_line, new_nonce,
                        python_entry_point, rust_harness_crate, rust_sample_crate)
 from .problems import humaneval_dir
-from .sandbox import Limits, RunResult
+from .sandbox import RunResult, SandboxLimits
 
 _MIB = 1 << 20
 
@@ -78,7 +78,7 @@ class Step:
 
     name: str
     argv: list
-    limits: Limits
+    limits: SandboxLimits
     env: dict = field(default_factory=dict)
     writable: tuple = ()
 
@@ -87,9 +87,9 @@ class Step:
 class StepLimits:
     """Limits of compile steps and of the test run. Compilers get more memory, processes, time."""
 
-    run: Limits = Limits()
-    compile: Limits = Limits(wall_s=60.0, memory_bytes=4096 * _MIB, max_procs=512,
-                             max_output_bytes=4 * _MIB, max_file_bytes=512 * _MIB)
+    run: SandboxLimits = SandboxLimits()
+    compile: SandboxLimits = SandboxLimits(wall_s=60.0, memory_bytes=4096 * _MIB, max_procs=512,
+                                           max_output_bytes=4 * _MIB, max_file_bytes=512 * _MIB)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ class SandboxUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class SandboxLimits:
     """Resource limits of one sandboxed process tree.
 
     ``wall_s``: wall-clock seconds before the tree is killed. ``cpu_s``: RLIMIT_CPU per process
@@ -252,7 +252,7 @@ class Sandbox:
         else:
             try:
                 result = _run_capped(_joining(group, ["true"]), cwd="/", env={},
-                                     limits=Limits(wall_s=10), group=group)
+                                     limits=SandboxLimits(wall_s=10), group=group)
             finally:
                 group.remove()
             reason = "" if result.returncode == 0 else f"cannot join a group: {result.stderr}"
@@ -304,7 +304,7 @@ class Sandbox:
                 os.chown(os.path.join(root, name), slot.uid, slot.gid, follow_symlinks=False)
 
     # ----- running -----------------------------------------------------------------------------
-    def run(self, argv, *, cwd, limits: Limits, slot: Slot, env: dict = None, visible=(),
+    def run(self, argv, *, cwd, limits: SandboxLimits, slot: Slot, env: dict = None, visible=(),
             writable=()) -> RunResult:
         """Run ``argv`` in directory ``cwd`` (writable) under ``limits``; never raises on the
         program's behaviour (OSError / SandboxUnavailable only for a harness failure).
@@ -382,7 +382,7 @@ class Sandbox:
         slot = Slot(0, self.uid_base, self.uid_base, switch_uid=self.is_root)
         with tempfile.TemporaryDirectory(prefix="codegeex_bwrap_probe_") as probe_dir:
             cmd = ["bwrap"] + self._bwrap_args(["true"], Path(probe_dir).resolve(),
-                                               Limits(wall_s=10), slot,
+                                               SandboxLimits(wall_s=10), slot,
                                                {"PATH": "/usr/bin:/bin"}, (), ())
             try:
                 proc = subprocess.run(cmd, capture_output=True, timeout=30, cwd="/")
@@ -534,7 +534,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _run_capped(cmd, *, cwd, env, limits: Limits, group=None, info=None) -> RunResult:
+def _run_capped(cmd, *, cwd, env, limits: SandboxLimits, group=None, info=None) -> RunResult:
     """Run ``cmd`` in a new session; kill it on timeout or when its output passes the cap.
 
     ``info``: (read end, write end) of bwrap's ``--info-fd`` pipe; the kill then goes to the
