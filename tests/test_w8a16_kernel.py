@@ -1,14 +1,18 @@
-"""The fused W8A16 CPU matmul (kernels/w8a16/cpu) against NumPy float64, directly and inside the
-INT8 Linear / network.
+"""The fused W8A16 and FP16-weight CPU matmuls (kernels/w8a16/cpu) against NumPy float64, directly
+(for each ISA the library can be compiled for here) and inside the INT8 Linear / network.
 
 Error budget (FP32 accumulation of K products, then one multiply by the scale): the exact
 product x·q is representable (int8 widens exactly; x·q has ≤ 24 + 8 bits but is rounded once
 per FMA), so |y − ref| ≤ γ_K · Σ_k |x_k q_k| · s with γ_K ≈ K · 2⁻²⁴ for any summation order
 (blocked/vectorised orders only lower it), plus 2⁻²⁴|ref| for the scale multiply. FP16 outputs
-add one FP16 rounding, 2⁻¹¹ |ref|. The tests use these bounds, each ×2 for slack.
+add one FP16 rounding, 2⁻¹¹ |ref|. The tests use these bounds, each ×2 for slack. The FP16-weight
+kernel has the same bound with scale 1 (FP16 widens to FP32 exactly).
 """
 
+import ctypes
 import dataclasses
+import platform
+import shutil
 
 import numpy as np
 import pytest
@@ -22,12 +26,17 @@ from codegeex_ms.model.masks import causal_mask, positions
 from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.kernel_build import call_aot
-from codegeex_ms.ops.w8a16 import w8a16_matmul
+from codegeex_ms.ops.w8a16 import f16w_matmul, w8a16_matmul
 from codegeex_ms.quantize import quantize_into
 
 RNG = np.random.default_rng(99)
-SHAPES = [(1, 1, 1), (1, 7, 3), (2, 33, 5), (3, 64, 9), (4, 17, 2), (5, 2051, 7), (1, 4099, 13),
-          (7, 8, 1), (130, 40, 11), (6, 300, 4)]  # M, K, N: every tile and tail, K past one block
+# M, K, N. Decode path (M < 16): every tile and tail, K past one 2048 block, enough rows for two
+# threads (1, 4099, 301). GEMM path (M >= 16): partial x panels and weight-row tiles, K tails and
+# several 256-wide K blocks, more than one task of 192 weight rows and of 256 x rows (threads).
+SHAPES = [(1, 1, 1), (1, 7, 3), (2, 33, 5), (3, 64, 9), (4, 17, 2), (5, 2051, 7), (1, 4099, 301),
+          (7, 8, 1), (8, 300, 37), (15, 129, 6), (6, 300, 4),
+          (16, 1, 1), (16, 17, 2), (17, 300, 13), (33, 513, 37), (130, 40, 11), (130, 700, 391),
+          (300, 600, 500)]
 
 
 def case(m, k, n, dtype):
@@ -38,8 +47,9 @@ def case(m, k, n, dtype):
 
 
 def bound(x, q, scale, out_dtype):
-    """Per-element error bound of the module docstring (×2 slack)."""
+    """Per-element error bound of the module docstring (×2 slack); ``scale`` None means 1."""
     k = x.shape[1]
+    scale = np.float64(1.0) if scale is None else scale
     ref = (x.astype(np.float64) @ q.T.astype(np.float64)) * scale
     mag = (np.abs(x.astype(np.float64)) @ np.abs(q.T.astype(np.float64))) * scale
     tol = (k + 1) * 2.0 ** -24 * mag
@@ -48,19 +58,59 @@ def bound(x, q, scale, out_dtype):
     return ref, 2 * tol
 
 
+ISA_FLAGS = {"avx2": "-march=x86-64-v3", "scalar": "-march=x86-64"}
+"""Other builds checked on x86-64 besides the default (-march=native): the AVX2 + FMA + F16C
+kernels and the portable one-lane code, by compiler flags (kernel_build's $CODEGEEX_KERNEL_CXXFLAGS)."""
+
+
 @pytest.fixture(scope="module")
 def lib():
     return kernel_build.locate("w8a16_matmul", "CPU")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("m,k,n", SHAPES)
-def test_kernel_matches_numpy_on_odd_shapes(lib, m, k, n, dtype):
+def isa_library(isa, monkeypatch):
+    if platform.machine() != "x86_64" or shutil.which("g++") is None:
+        pytest.skip("ISA builds are x86-64 (g++) only")
+    monkeypatch.setenv("CODEGEEX_KERNEL_CXXFLAGS", ISA_FLAGS[isa])
+    return str(kernel_build.build_cpu("w8a16_matmul"))
+
+
+def check_both_kernels(lib, m, k, n, dtype):
     x, q, scale = case(m, k, n, dtype)
     y = np.full((m, n), np.nan, dtype)
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, y]) == 0
     ref, tol = bound(x, q, scale, dtype)
     assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
+    w16 = RNG.standard_normal((n, k)).astype(np.float16)
+    y = np.full((m, n), np.nan, dtype)
+    assert call_aot(lib, "F16WMatMul", [x, w16, y]) == 0
+    ref, tol = bound(x, w16, None, dtype)
+    assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_kernels_match_numpy_on_odd_shapes(lib, m, k, n, dtype):
+    check_both_kernels(lib, m, k, n, dtype)
+
+
+@pytest.mark.parametrize("isa", sorted(ISA_FLAGS))
+def test_other_isa_builds_match_numpy(isa, monkeypatch):
+    """The AVX2 and portable builds (other vector widths, so other tile and panel sizes) on a
+    decode and two GEMM shapes with tails."""
+    lib = isa_library(isa, monkeypatch)
+    fn = ctypes.CDLL(lib).W8A16Isa
+    fn.restype = ctypes.c_char_p
+    assert fn().decode() == isa
+    for m, k, n in [(3, 70, 9), (17, 300, 13), (130, 530, 203)]:
+        for dtype in (np.float32, np.float16):
+            check_both_kernels(lib, m, k, n, dtype)
+
+
+def test_empty_reduction_gives_zeros(lib):
+    x, y = np.empty((3, 0), np.float32), np.full((3, 4), np.nan, np.float32)
+    assert call_aot(lib, "W8A16MatMul", [x, np.empty((4, 0), np.int8), np.ones(4, np.float32), y]) == 0
+    assert (y == 0).all()
 
 
 def test_kernel_rejects_bad_arguments(lib):
@@ -73,6 +123,26 @@ def test_kernel_rejects_bad_arguments(lib):
     assert call_aot(lib, "W8A16MatMul", [x[:, :7].copy(), q, scale, y]) == 3                        # K differs
     assert call_aot(lib, "W8A16MatMul", [x, q, scale[:2].copy(), y]) == 3                          # scale rows
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, np.empty((2, 4), np.float32)]) == 3           # y shape
+    w16 = q.astype(np.float16)
+    assert call_aot(lib, "F16WMatMul", [x, w16, scale, y]) == 1                                     # arity
+    assert call_aot(lib, "F16WMatMul", [x, q, y]) == 2                                              # f16 w
+    assert call_aot(lib, "F16WMatMul", [x, w16, np.empty((2, 3), np.float16)]) == 2                 # y dtype
+    assert call_aot(lib, "F16WMatMul", [x, w16[:, :5].copy(), y]) == 3                              # K differs
+    assert call_aot(lib, "F16WMatMul", [x, w16, np.empty((3, 3), np.float32)]) == 3                 # y shape
+
+
+@pytest.mark.parametrize("x_dtype", ["float32", "float16"])
+def test_f16w_primitive_matches_numpy(x_dtype):
+    """The ops.Custom primitive of the FP16-weight kernel, as a model calls it (PyNative)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    f = f16w_matmul("on")
+    x = RNG.standard_normal((5, 70)).astype(x_dtype)
+    w16 = RNG.standard_normal((33, 70)).astype(np.float16)
+    y = f(ms.Tensor(x), ms.Tensor(w16)).asnumpy()
+    assert y.shape == (5, 33) and y.dtype == np.dtype(x_dtype)
+    ref, tol = bound(x, w16, None, np.dtype(x_dtype).type)
+    assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
+    assert f16w_matmul("off") is None
 
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "float16"])

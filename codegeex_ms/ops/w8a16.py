@@ -1,16 +1,21 @@
-"""The fused W8A16 matmul (``kernels/w8a16/cpu``) as an inference-only ``ops.Custom`` primitive.
+"""The fused weight-only matmuls (``kernels/w8a16/cpu``) as inference-only ``ops.Custom`` primitives.
 
 ``w8a16_matmul(mode)`` returns a primitive ``f(x, weight, scale) -> y`` with
 
 - ``x`` [M, K] float32 or float16 activations,
 - ``weight`` [N, K] int8 (``[out, in]``), ``scale`` [N] float32 (per output row),
-- ``y`` [M, N] in ``x``'s dtype: ``y = (x · weightᵀ) · scale``, FP32 accumulation, one rounding,
+- ``y`` [M, N] in ``x``'s dtype: ``y = (x · weightᵀ) · scale``, FP32 accumulation, one rounding.
 
-or ``None`` when the built-in operators should be used (``mode`` as for the other fused kernels:
-``"off"``; ``"auto"`` off CPU or when the library cannot be built, with a one-line notice;
-``"on"`` raises instead). The weights stay int8 in memory: the kernel widens them in registers.
-The primitive has no backward: it is for inference, and MindSpore refuses to differentiate it.
-Create it in a Cell's ``__init__``.
+``f16w_matmul(mode)`` returns a primitive ``f(x, weight) -> y`` with the same ``x`` and ``y`` and
+``weight`` [N, K] float16, ``y = x · weightᵀ`` (FP32 accumulation, no scale): e.g. logits from an
+FP16 word-embedding table without an FP32 copy of it.
+
+Both return ``None`` when the built-in operators should be used (``mode`` as for the other fused
+kernels: ``"off"``; ``"auto"`` off CPU or when the library cannot be built, with a one-line
+notice; ``"on"`` raises instead). The weights stay int8 / FP16 in memory: the kernel widens them
+in registers (decode, M < 16) or a cache-sized block at a time (prefill, a blocked GEMM), see
+``kernels/w8a16/cpu/w8a16_matmul.cc``. The primitives have no backward: they are for inference,
+and MindSpore refuses to differentiate them. Create them in a Cell's ``__init__``.
 """
 
 import logging
@@ -24,6 +29,7 @@ from codegeex_ms.ops.fused import check_mode
 
 KERNEL = "w8a16_matmul"
 SYMBOL = "W8A16MatMul"
+F16W_SYMBOL = "F16WMatMul"
 ACTIVATION_TYPES = (ms.float16, ms.float32)
 
 logger = logging.getLogger("codegeex_ms")
@@ -34,13 +40,18 @@ def _elem(dtype):
     return dtype.element_type() if hasattr(dtype, "element_type") else dtype
 
 
-def _out_shape(x_shape, w_shape, scale_shape):
-    if len(x_shape) != 2 or len(w_shape) != 2 or len(scale_shape) != 1:
-        raise ValueError(f"W8A16 matmul needs x [M, K], weight [N, K], scale [N]; got {tuple(x_shape)}, "
-                         f"{tuple(w_shape)}, {tuple(scale_shape)}")
+def _matmul_shape(what, x_shape, w_shape):
+    if len(x_shape) != 2 or len(w_shape) != 2:
+        raise ValueError(f"{what} needs x [M, K] and weight [N, K]; got {tuple(x_shape)}, {tuple(w_shape)}")
     if min(x_shape[1], w_shape[1]) >= 0 and x_shape[1] != w_shape[1]:
-        raise ValueError(f"W8A16 matmul: x has K={x_shape[1]} columns, weight K={w_shape[1]}")
+        raise ValueError(f"{what}: x has K={x_shape[1]} columns, weight K={w_shape[1]}")
     return [x_shape[0], w_shape[0]]
+
+
+def _out_shape(x_shape, w_shape, scale_shape):
+    if len(scale_shape) != 1:
+        raise ValueError(f"W8A16 matmul needs scale [N]; got {tuple(scale_shape)}")
+    return _matmul_shape("W8A16 matmul", x_shape, w_shape)
 
 
 def _out_dtype(x_dtype, w_dtype, scale_dtype):
@@ -50,21 +61,49 @@ def _out_dtype(x_dtype, w_dtype, scale_dtype):
     return x_dtype
 
 
-def w8a16_matmul(mode: str) -> Optional[ops.Custom]:
-    """The fused primitive, or None for the built-in operators (see the module docstring)."""
+def _f16w_out_shape(x_shape, w_shape):
+    return _matmul_shape("F16W matmul", x_shape, w_shape)
+
+
+def _f16w_out_dtype(x_dtype, w_dtype):
+    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) != ms.float16:
+        raise TypeError(f"F16W matmul takes float16/float32 x and a float16 weight; got {x_dtype}, {w_dtype}")
+    return x_dtype
+
+
+def _library(mode: str, what: str) -> Optional[str]:
+    """The kernel library's path, or None (``mode`` off, or ``auto`` and unavailable)."""
     if check_mode(mode) == "off":
         return None
     target = ms.get_context("device_target")
     try:
-        lib = kernel_build.locate(KERNEL, target)
+        return kernel_build.locate(KERNEL, target)
     except kernel_build.KernelUnavailable as err:
         if mode == "on":
-            raise RuntimeError(f"fused W8A16 matmul requested (fused='on') but unavailable on {target}: {err}\n"
+            raise RuntimeError(f"fused {what} requested (fused='on') but unavailable on {target}: {err}\n"
                                "Set model.fused_kernels to 'auto' or 'off' to use built-in operators.") from err
-        message = (f"codegeex_ms: fused W8A16 matmul unavailable on {target} ({str(err).splitlines()[0]}); "
-                   "INT8 layers use built-in operators")
+        message = (f"codegeex_ms: fused {what} unavailable on {target} ({str(err).splitlines()[0]}); "
+                   "built-in operators are used")
         if message not in _NOTICES:
             _NOTICES.add(message)
             logger.warning(message)
         return None
+
+
+def w8a16_matmul(mode: str) -> Optional[ops.Custom]:
+    """``f(x [M,K] f32|f16, weight [N,K] int8, scale [N] f32) -> [M,N]`` in x's dtype, or None
+    for the built-in operators (see the module docstring)."""
+    lib = _library(mode, "W8A16 matmul")
+    if lib is None:
+        return None
     return ops.Custom(f"{lib}:{SYMBOL}", out_shape=_out_shape, out_dtype=_out_dtype, func_type="aot")
+
+
+def f16w_matmul(mode: str) -> Optional[ops.Custom]:
+    """``f(x [M,K] f32|f16, weight [N,K] f16) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or None
+    for the built-in operators (see the module docstring)."""
+    lib = _library(mode, "FP16-weight matmul")
+    if lib is None:
+        return None
+    return ops.Custom(f"{lib}:{F16W_SYMBOL}", out_shape=_f16w_out_shape, out_dtype=_f16w_out_dtype,
+                      func_type="aot")
