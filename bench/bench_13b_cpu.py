@@ -10,15 +10,18 @@ Steps (each in a fresh child process; time and peak RSS per step):
 - ``quantize``: FP16 -> ``codegeex_13b_int8.safetensors`` (W8A16, ``codegeex_ms.quantize``); the
   FP16 file is deleted afterwards unless ``--keep``;
 - ``generate``: config ``infer_13b_cpu_int8`` (INT8 linears, FP16 embeddings, FP32 compute,
-  fused W8A16 kernel, PyNative): measure the memory bandwidth (NumPy streaming read: best of
+  fused W8A16 kernel, PyNative — graph mode on CPU keeps every intermediate of a compiled forward
+  alive, +0.13 GiB per layer; ``BENCH_MODE=graph`` to measure it anyway): measure the memory bandwidth (NumPy streaming read: best of
   several float32 GEMVs over a 512 MiB matrix, which read it once), map the INT8 file
   (``quantize.load_quantized_mmap``: the parameters are views of the file's pages, one copy),
   prefill a 128-token prompt, decode 32 tokens greedily. Prints load time, prefill time, ms per
   token beside the bound (bytes one decode step reads ÷ bandwidth) and beside ``plan``'s
-  prediction for the same config (peak memory, and ms/token at the measured bandwidth). Graph
-  mode; the prefill time includes compiling its graph; ms/token is the median interval between
-  new tokens after the first (which holds the decode graph's compilation); decoding stops early
-  after 25 minutes (reported as finish reason "time budget").
+  prediction for the same config (``--device cpu``: peak memory, and ms/token at the measured
+  bandwidth). Memory is also split by kind (``/proc/self/smaps_rollup``: anonymous vs
+  file-backed resident bytes) after loading, after the prefill and at the end, so a copy of the
+  mapped weights would show as anonymous memory. ms/token is the median interval between new
+  tokens after the first (in graph mode the first holds the decode graph's compilation);
+  decoding stops early after 25 minutes (reported as finish reason "time budget").
 
 Peak RSS is the child's ``VmHWM`` (``/proc/self/status``, which the kernel resets at exec, so the
 parent's memory does not leak into it) and, as a cross-check, ``ru_maxrss`` from ``wait4``.
@@ -78,6 +81,19 @@ def run_step(step: str, workdir: Path, seed: int, overrides=()) -> dict:
     raise ValueError(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
 
 
+def memory_kinds() -> dict:
+    """This process's resident bytes by kind (``/proc/self/smaps_rollup``): ``rss``,
+    ``anonymous`` (heap, framework buffers: private copies) and ``file`` (the rest: mapped files
+    such as the weights, and libraries)."""
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return {"rss": fields["Rss"], "anonymous": fields["Anonymous"],
+            "file": fields["Rss"] - fields["Anonymous"]}
+
+
 def stream_read_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
     """Bytes/s of a NumPy streaming read: best of ``repeats`` float32 GEMVs ``A @ v`` over an
     ``nbytes`` matrix (BLAS reads A once, on all threads; A is 16x the last-level cache)."""
@@ -121,14 +137,15 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
 
     budget_s = budget_s or float(os.environ.get("BENCH_BUDGET_S", 25 * 60))
     bandwidth = stream_read_bandwidth()
-    ms.set_context(mode=ms.GRAPH_MODE if os.environ.get("BENCH_MODE", "graph") == "graph" else ms.PYNATIVE_MODE,
-                   device_target="CPU")
+    mode = os.environ.get("BENCH_MODE", "pynative")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
     from codegeex_ms.config import CONFIG_DIR
     cfg = load_config(CONFIG_DIR / f"{CONFIG}.yaml", tuple(overrides))
     start = time.perf_counter()
     net = build_model(cfg.model, allocate=False)
     mapped = load_quantized_mmap(net, int8_path)
     load_s = time.perf_counter() - start
+    memory = {"loaded": memory_kinds()}
     sizes = weight_bytes(net)
     # one decode step reads every weight once except the two position tables (one row each)
     positions = 2 * cfg.model.max_position_embeddings * cfg.model.hidden_size * 2
@@ -136,17 +153,25 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
     gen = Generator(net, _IdTokenizer(), max_length=PROMPT_TOKENS + NEW_TOKENS)
     prompt = np.random.default_rng(seed).integers(0, cfg.model.real_vocab_size, PROMPT_TOKENS).tolist()
     stamps = []   # time of each new token's text: per-step intervals, the compile-free decode rate
+
+    def on_text(_row, _text):
+        stamps.append(time.perf_counter())
+        if len(stamps) == 1:
+            memory["prefilled"] = memory_kinds()
+
     start = time.perf_counter()
-    out = gen.generate([prompt], NEW_TOKENS, SamplingParams(temperature=0.0),
-                       on_text=lambda _row, _text: stamps.append(time.perf_counter()),
+    out = gen.generate([prompt], NEW_TOKENS, SamplingParams(temperature=0.0), on_text=on_text,
                        should_stop=lambda _row: ("time budget" if time.perf_counter() - start > budget_s
                                                  else None))
     total_s = time.perf_counter() - start
+    memory["end"] = memory_kinds()
     timing = gen.timing
     steps = np.diff(stamps[1:])   # the first interval holds the decode graph's compilation
-    plan = build_inference_plan(cfg, capacity_gib=os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB)
+    plan = build_inference_plan(cfg, capacity_gib=os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB,
+                                device="cpu")
     ms_per_token = 1e3 * float(np.median(steps)) if len(steps) else float("nan")
-    return {"config": CONFIG, "bandwidth_bytes_s": bandwidth, "load_s": load_s, "mapped_bytes": mapped,
+    return {"config": CONFIG, "mode": mode, "overrides": list(overrides), "memory": memory,
+            "bandwidth_bytes_s": bandwidth, "load_s": load_s, "mapped_bytes": mapped,
             "weight_bytes": sizes, "step_bytes": step_bytes, "prefill_tokens": PROMPT_TOKENS,
             "prefill_s": timing.prefill_s, "decode_steps": timing.decode_steps, "decode_s": timing.decode_s,
             "ms_per_token": ms_per_token, "ms_per_token_mean_incl_compile":
@@ -182,7 +207,8 @@ def cleanup(step: str, workdir: Path) -> None:
     """Delete the intermediate a finished step no longer needs."""
     victim = {"verify": "pt", "quantize": "fp16"}.get(step)
     if victim:
-        for path in (workdir / FILES[victim], workdir / (FILES[victim] + ".manifest.json")):
+        for path in (workdir / FILES[victim], workdir / (FILES[victim] + ".manifest.json"),
+                     workdir / (FILES[victim] + ".verified.json")):
             path.unlink(missing_ok=True)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from codegeex_ms import cli_common
 from codegeex_ms.config import ConfigError, config_from_args, global_batch_size
 from codegeex_ms.lora.memory import format_lora_plan, lora_plan
-from codegeex_ms.plan_inference import build_inference_plan, format_inference_plan, is_inference_config
+from codegeex_ms.plan_inference import DEVICES, build_inference_plan, format_inference_plan, is_inference_config
 from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
@@ -313,7 +313,7 @@ def _explain_margin(plan) -> str:
 
 def _inference_main(cfg, args) -> int:
     """``plan`` for an inference config: print (and optionally save) the inference plan."""
-    plan = build_inference_plan(cfg, args.capacity_gib, args.reserve_gib)
+    plan = build_inference_plan(cfg, args.capacity_gib, args.reserve_gib, args.device)
     print(format_inference_plan(plan, args.config))
     if args.json:
         Path(args.json).write_text(json.dumps(plan, indent=2))
@@ -326,8 +326,11 @@ def main(argv=None) -> int:
     cli_common.add_config_args(parser, required=True)
     parser.add_argument("--capacity-gib", type=float, default=32.0,
                         help="device memory (default 32: Ascend 910 HBM)")
-    parser.add_argument("--reserve-gib", type=float, default=2.0,
-                        help="memory kept out of the plan for the runtime, HCCL and fragmentation")
+    parser.add_argument("--reserve-gib", type=float,
+                        help="memory kept out of the plan for the runtime, HCCL and fragmentation "
+                             "(default 2; for inference on --device cpu 0.4, measured)")
+    parser.add_argument("--device", choices=DEVICES, default="npu",
+                        help="inference only: the device whose runtime reserve is the default (npu)")
     parser.add_argument("--json", help="also write the plan as JSON to this path")
     parser.add_argument("--inference", action="store_true",
                         help="plan inference on one device (weights, KV cache, workspace, the largest "
@@ -338,7 +341,8 @@ def main(argv=None) -> int:
         if args.inference or is_inference_config(args.config):
             return _inference_main(cfg, args)
         lora = cfg.lora.rank > 0  # frozen base + adapters on one device: codegeex_ms.lora.memory
-        plan = (lora_plan if lora else build_plan)(cfg, args.capacity_gib, args.reserve_gib)
+        reserve = 2.0 if args.reserve_gib is None else args.reserve_gib
+        plan = (lora_plan if lora else build_plan)(cfg, args.capacity_gib, reserve)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

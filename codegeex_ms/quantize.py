@@ -115,8 +115,15 @@ def load_quantized(net, path) -> list:
 
 def map_safetensors(path) -> dict:
     """Name -> read-only NumPy view of each tensor of safetensors file ``path``, memory-mapped:
-    nothing is read until used, and the pages are the page cache's (no private copy)."""
+    nothing is read until used, and the pages are the page cache's (no private copy).
+
+    A file this project wrote is checked against its manifest first (size always; the sha256 of
+    the whole file unless a stamp of an earlier full check still matches the file's size, mtime
+    and inode: ``checkpoint.atomic.verify_file(stamp=True)``), raising IntegrityError on damage.
+    """
+    from .checkpoint.atomic import verify_file  # pylint: disable=import-outside-toplevel
     from .checkpoint.safetensors_io import SafetensorsReader  # pylint: disable=import-outside-toplevel
+    verify_file(path, required=False, stamp=True)
     with SafetensorsReader(path) as reader:   # validates the header against the file size
         infos = dict(reader.infos)
     with open(path, "rb") as f:

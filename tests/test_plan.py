@@ -187,10 +187,63 @@ def test_inference_weights_kv_cache_by_hand():
     sizes = {"int8": 1, "float16": 2, "float32": 4}
     assert int8["weights"]["total"] == sum(i.numel * sizes[i.dtype] for i in infos.values())
     assert int8["kv_cache"] == 2 * 40 * 1 * 160 * 5120 * 4            # FP32 compute, length 160
-    # the FP16 table is cast to FP32 for the tied head: 52224 x 5120 x 4 bytes
-    assert int8["workspace"]["head_cast"] == 52224 * 5120 * 4
     # one decode step reads the weights but the two position tables, plus the KV cache
     assert int8["step_bytes"] == int8["weights"]["total"] - 2 * 2048 * 5120 * 2 + int8["kv_cache"]
+
+
+def test_inference_peak_terms_by_hand():
+    """13B INT8 on a CPU (batch 1, length 160, 32 new tokens: prompts up to 128, one prefill of
+    128), every term written out; and FP16 on an NPU (length 2048, prompts up to 1920 -> 2048)."""
+    from codegeex_ms.plan_inference import build_inference_plan
+    cpu = build_inference_plan(_inference_cfg("infer_13b_cpu_int8"), capacity_gib=24, device="cpu")
+    assert cpu["prompt_bucket"] == 128 and cpu["max_new_tokens"] == 32
+    assert cpu["prefill_cache"] == 2 * 40 * 1 * 128 * 5120 * 4       # the prompt's own cache
+    work = cpu["workspace"]
+    assert work["head"] == 2048 * 5120 * (2 + 4)     # one chunk of the FP16 table and its FP32 copy
+    assert work["logits"] == 2 * 52224 * 4            # the last position only, twice
+    assert work["layer"] == 6 * 128 * 5120 * 4 + 2 * 128 * 20480 * 4 + 2 * 40 * 128 * 128 * 4
+    assert cpu["reserve"] == int(0.4 * GIB)
+    weights = cpu["weights"]["total"]
+    #   weights + decode pool + prefill cache + head chunk + logits + layer (residual, MLP, scores)
+    assert cpu["peak_bytes"] == (weights + 262_144_000 + 209_715_200 + 62_914_560 + 417_792
+                                 + 15_728_640 + 20_971_520 + 5_242_880 + int(0.4 * GIB))
+    assert 13.1 * GIB < cpu["peak_bytes"] < 13.3 * GIB and cpu["fits"]
+    npu = build_inference_plan(_inference_cfg("infer_13b_single_npu"))
+    assert npu["device"] == "npu" and npu["reserve"] == 2 * GIB
+    assert npu["prompt_bucket"] == 2048 and npu["prefill_cache"] == npu["kv_cache"]
+    assert npu["workspace"]["head"] == 0              # FP16 table, FP16 compute: no cast
+    assert npu["workspace"]["layer"] == (6 * 2048 * 5120 * 2 + 2 * 2048 * 20480 * 2
+                                         + 2 * 40 * 2048 * 2048 * 4)
+    assert npu["peak_bytes"] == (npu["weights"]["total"] + 2 * npu["kv_cache"]
+                                 + npu["workspace"]["total"] + 2 * GIB)
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        build_inference_plan(_inference_cfg("infer_13b_cpu_int8"), device="gpu")
+
+
+@pytest.mark.parametrize("length,new,bucket", [(160, 32, 128), (160, 1, 160), (2048, 128, 2048),
+                                               (20, 19, 16), (10, 5, 10), (300, 44, 256), (300, 43, 300)])
+def test_prompt_bucket_by_hand(length, new, bucket):
+    """The generator's prefill shape: power of two >= the longest prompt, >= 16, <= the length."""
+    from codegeex_ms.plan_inference import prompt_bucket
+    assert prompt_bucket(length, new) == bucket
+
+
+def test_head_bytes_by_dtypes():
+    """Chunked when widening (2048 rows, or the whole table if smaller), whole cast when narrowing."""
+    from types import SimpleNamespace
+    from codegeex_ms.plan_inference import head_bytes
+    mdl = lambda p, c, v: SimpleNamespace(param_dtype=p, compute_dtype=c, vocab_size=v, hidden_size=64)  # noqa: E731
+    assert head_bytes(mdl("float16", "float32", 52224)) == 2048 * 64 * 6
+    assert head_bytes(mdl("float16", "float32", 300)) == 300 * 64 * 6
+    assert head_bytes(mdl("float32", "float16", 52224)) == 52224 * 64 * 2
+    assert head_bytes(mdl("float32", "float32", 52224)) == 0
+
+
+def test_cli_device_cpu_uses_the_measured_reserve(capsys):
+    assert plan_cli.main(["--config", "infer_13b_cpu_int8", "--capacity-gib", "24", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "device cpu" in text and "reserve (runtime)" in text and "    0.40 GiB" in text
+    assert "total 13.2" in text and "-> FITS" in text
 
 
 def test_largest_batch_by_length_is_the_boundary():
@@ -199,9 +252,10 @@ def test_largest_batch_by_length_is_the_boundary():
     from codegeex_ms.plan_inference import GIB, build_inference_plan, inference_total
     cfg = _inference_cfg("infer_13b_cpu_int8")
     plan = build_inference_plan(cfg, capacity_gib=24, reserve_gib=2)
+    new = plan["max_new_tokens"]
     for batch, length in plan["largest_length_per_batch"].items():
-        assert inference_total(cfg.model, batch, length, 2 * GIB) <= 24 * GIB
+        assert inference_total(cfg.model, batch, length, 2 * GIB, new) <= 24 * GIB
         if length < cfg.model.max_position_embeddings:
-            assert inference_total(cfg.model, batch, length + 1, 2 * GIB) > 24 * GIB
+            assert inference_total(cfg.model, batch, length + 1, 2 * GIB, new) > 24 * GIB
     b = plan["largest_batch_at_length"]
     assert plan["largest_length_per_batch"][b] >= 160

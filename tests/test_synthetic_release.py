@@ -102,7 +102,6 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     """The 13B bench's loading path at a small size: an INT8 safetensors mapped into the network
     (every byte mapped, no tensor cast) gives the same logits as reading it tensor by tensor."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
-    from codegeex_ms.config import load_config  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.build import build_model  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.quant import weight_bytes  # pylint: disable=import-outside-toplevel
@@ -111,12 +110,7 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     fp16, int8 = tmp_path / "fp16.safetensors", tmp_path / "int8.safetensors"
     convert_checkpoint(release, fp16, num_heads=SMALL.num_attention_heads)
     quantize_checkpoint(fp16, int8)
-    cfg = load_config("ascend_configs/infer_13b_cpu_int8.yaml", (
-        f"model.vocab_size={SMALL.vocab_size}", f"model.real_vocab_size={SMALL.vocab_size}",
-        f"model.hidden_size={SMALL.hidden_size}", f"model.num_layers={SMALL.num_layers}",
-        f"model.num_heads={SMALL.num_attention_heads}", f"model.ffn_hidden_size={SMALL.ffn_hidden_size}",
-        f"model.max_position_embeddings={SMALL.max_position_embeddings}", "train.seq_length=32",
-        "inference.max_length=32", "model.eod_token_id=0")).model
+    cfg = _small_int8_config()
     mapped, loaded = build_model(cfg, allocate=False), build_model(cfg, allocate=False)
     assert load_quantized_mmap(mapped, int8) == weight_bytes(mapped)["total"]
     load_quantized(loaded, int8)
@@ -125,3 +119,66 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     mapped.set_train(False)
     loaded.set_train(False)
     assert np.array_equal(mapped(*args).asnumpy(), loaded(*args).asnumpy())
+
+
+def _small_int8_config():
+    from codegeex_ms.config import load_config  # pylint: disable=import-outside-toplevel
+    return load_config("ascend_configs/infer_13b_cpu_int8.yaml", (
+        f"model.vocab_size={SMALL.vocab_size}", f"model.real_vocab_size={SMALL.vocab_size}",
+        f"model.hidden_size={SMALL.hidden_size}", f"model.num_layers={SMALL.num_layers}",
+        f"model.num_heads={SMALL.num_attention_heads}", f"model.ffn_hidden_size={SMALL.ffn_hidden_size}",
+        f"model.max_position_embeddings={SMALL.max_position_embeddings}", "train.seq_length=32",
+        "inference.max_length=32", "model.eod_token_id=0")).model
+
+
+def test_chunked_tied_head_equals_one_widened_matmul(monkeypatch):
+    """FP16 table, FP32 compute: the head widens 128-row chunks (128 + 128 + 44 of 300 rows) and
+    still gives hidden · table_fp32ᵀ (NumPy, float64 reference) for every row."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model import codegeex  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.build import build_model  # pylint: disable=import-outside-toplevel
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    monkeypatch.setattr(codegeex, "HEAD_CHUNK_ROWS", 128)
+    net = build_model(_small_int8_config())
+    assert net.head_spans == ((0, 128), (128, 128), (256, 44))
+    table = net.language_model.embedding.word_embeddings.weight.asnumpy()
+    assert table.dtype == np.float16
+    hidden = np.random.default_rng(3).standard_normal((2, 3, SMALL.hidden_size)).astype(np.float32)
+    got = net.logits(ms.Tensor(hidden)).asnumpy()
+    want = hidden.astype(np.float64) @ table.astype(np.float64).T
+    assert got.shape == (2, 3, SMALL.vocab_size) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert codegeex.head_chunks(300, 300) == ((0, 300),) and codegeex.head_chunks(5, 2)[-1] == (4, 1)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        codegeex.head_chunks(300, 0)
+
+
+def test_mapped_load_checks_the_manifest_and_trusts_only_an_unchanged_stamp(tmp_path, release, monkeypatch):
+    """Mapping the INT8 file hashes it once and stamps it; an unchanged file is then not hashed
+    again; a rewritten (bit-flipped) file is hashed and rejected; a truncated one is rejected by
+    size even though a stamp exists."""
+    from codegeex_ms.checkpoint import atomic  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.quantize import map_safetensors, quantize_checkpoint  # pylint: disable=import-outside-toplevel
+    fp16, int8 = tmp_path / "fp16.safetensors", tmp_path / "int8.safetensors"
+    convert_checkpoint(release, fp16, num_heads=SMALL.num_attention_heads)
+    quantize_checkpoint(fp16, int8)
+    hashed = []
+    real_digest = atomic.file_digest
+    monkeypatch.setattr(atomic, "file_digest", lambda p: hashed.append(p) or real_digest(p))
+    monkeypatch.setattr(atomic, "_VERIFIED", {})
+    assert len(map_safetensors(int8)) > 0 and len(hashed) == 1
+    assert atomic.stamp_path(int8).is_file()
+    atomic._VERIFIED.clear()   # a new process: only the stamp remains
+    map_safetensors(int8)
+    assert len(hashed) == 1
+    data = bytearray(int8.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    int8.write_bytes(bytes(data))     # same size, new mtime: the stamp no longer matches
+    atomic._VERIFIED.clear()
+    with pytest.raises(atomic.IntegrityError, match="sha256 does not match"):
+        map_safetensors(int8)
+    assert len(hashed) == 2
+    data[len(data) // 2] ^= 0x10
+    int8.write_bytes(bytes(data[:-8]))
+    with pytest.raises(atomic.IntegrityError, match="truncated"):
+        map_safetensors(int8)

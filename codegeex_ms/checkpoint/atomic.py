@@ -6,6 +6,15 @@ are in place. :func:`verify_file` checks a file against its manifest before anyt
 a truncated, extended, bit-flipped or half-saved file is reported in this project's words (the
 file and what is wrong) instead of failing somewhere inside a reader.
 
+A full check hashes the whole file. For large files that are mapped rather than read (the 13 GB
+INT8 checkpoint of ``quantize.load_quantized_mmap``) ``verify_file(..., stamp=True)`` records a
+successful check in a second sidecar ``<file>.verified.json`` (the file's size, mtime in ns and
+inode, and the sha256 it matched); a later check with an unchanged identity and the same
+manifest checksum skips the hash, while size is still checked every time. Any rewrite, append,
+truncation or replacement changes the identity and is hashed again; what this cannot see is
+damage that keeps size, mtime and inode (bits flipped on the disk under the file system) — a
+check without ``stamp`` always hashes.
+
 Save sequence: data to a hidden temporary file, fsync, hash, remove an old manifest of the final
 name, rename data onto the final name, write the manifest (temporary, fsync, rename), fsync the
 directory. A crash at any point leaves either the old state, or the new data without a manifest
@@ -24,6 +33,8 @@ from .errors import CheckpointFormatError
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "codegeex_ms.manifest/1"
+STAMP_SUFFIX = ".verified.json"
+STAMP_FORMAT = "codegeex_ms.verified/1"
 _BLOCK = 16 << 20
 _VERIFIED = {}  # resolved path -> (identity, sha256) of files this process verified
 
@@ -97,12 +108,43 @@ def read_manifest(path) -> Optional[dict]:
     return record
 
 
-def verify_file(path, required: bool = True) -> bool:
+def stamp_path(path) -> Path:
+    """The sidecar recording a successful full check of ``path`` (see the module docstring)."""
+    return Path(str(path) + STAMP_SUFFIX)
+
+
+def _stamp_matches(path: Path, identity, sha256: str) -> bool:
+    try:
+        record = json.loads(stamp_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return record == _stamp_record(identity, sha256)
+
+
+def _stamp_record(identity, sha256: str) -> dict:
+    size, mtime_ns, inode = identity
+    return {"format": STAMP_FORMAT, "size": size, "mtime_ns": mtime_ns, "inode": inode, "sha256": sha256}
+
+
+def _write_stamp(path: Path, identity, sha256: str) -> None:
+    """Best effort: a directory that cannot be written just means hashing again next time."""
+    target = stamp_path(path)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    try:
+        tmp.write_text(json.dumps(_stamp_record(identity, sha256)), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
     """Check ``path`` against its manifest (size first, then the sha256 of the whole file).
 
     Returns True if it matches, False if there is no manifest and ``required`` is False (a file
     this project did not write, e.g. a downloaded release). Raises :class:`IntegrityError` naming
-    the file and what is wrong otherwise.
+    the file and what is wrong otherwise. ``stamp``: skip the hash when a stamp of an earlier
+    successful check matches the file's size, mtime and inode and the manifest's checksum, and
+    write that stamp after a successful hash (see the module docstring for what this trusts).
     """
     path = Path(path)
     record = read_manifest(path)
@@ -124,11 +166,16 @@ def verify_file(path, required: bool = True) -> bool:
                              f"({'truncated' if reason == 'truncated' else 'extended or replaced'}); "
                              "the file is damaged: re-create it or use another checkpoint")
     identity = _identity(path)
+    if stamp and _stamp_matches(path, identity, record["sha256"]):
+        _VERIFIED[str(path.resolve())] = (identity, record["sha256"])
+        return True
     if file_digest(path)[1] != record["sha256"]:
         raise IntegrityError(path, "checksum", "sha256 does not match its manifest (the file is "
                              "damaged, e.g. flipped bits on disk): re-create it or use another "
                              "checkpoint")
     _VERIFIED[str(path.resolve())] = (identity, record["sha256"])
+    if stamp:
+        _write_stamp(path, identity, record["sha256"])
     return True
 
 
@@ -147,6 +194,7 @@ def replace_with_manifest(tmp, path) -> Path:
     size, sha = file_digest(tmp)
     path = Path(path)
     manifest_path(path).unlink(missing_ok=True)  # an old manifest must never vouch for new data
+    stamp_path(path).unlink(missing_ok=True)     # nor an old stamp (its identity would not match anyway)
     os.replace(tmp, path)
     try:
         target = write_manifest(path, size, sha)

@@ -97,11 +97,30 @@ class LanguageModel(nn.Cell):
         return self.transformer(h, mask, query_emb, key_caches, value_caches, index)
 
 
+HEAD_CHUNK_ROWS = 2048
+"""Vocabulary rows the tied head widens at a time when the compute dtype is wider than the
+table's (e.g. FP16 table, FP32 compute): 2048 × hidden 5120 × 4 B = 40 MiB live, not the whole
+table's FP32 copy (1.07 GB for 13B)."""
+
+
+def head_chunks(vocab_size: int, chunk_rows: int) -> tuple:
+    """``(start, rows)`` spans covering ``vocab_size`` rows, each at most ``chunk_rows``."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    return tuple((start, min(chunk_rows, vocab_size - start)) for start in range(0, vocab_size, chunk_rows))
+
+
 class CodeGeeX(nn.Cell):
     """CodeGeeX with the output head tied to the word embedding.
 
     ``construct(input_ids [B,S] int32, position_ids [B,S] int32, attention_mask [B,S,S])`` →
     logits [B, S, vocab_size] FP32. The mask is 1 where a query may attend a key, 0 elsewhere.
+
+    When the compute dtype is wider than the stored table (FP16 weights, FP32 compute: the CPU
+    inference configs) the head multiplies by the table in chunks of ``HEAD_CHUNK_ROWS`` rows,
+    each widened just before its matmul, so no widened copy of the whole table is ever made; the
+    result is the same as one matmul with the widened table (each logit is the same dot product).
+    Otherwise (e.g. FP32 master weights, FP16 compute) it casts the table once and runs one matmul.
     """
 
     def __init__(self, cfg):
@@ -112,16 +131,28 @@ class CodeGeeX(nn.Cell):
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
         self.compute_dtype = self.language_model.embedding.word_embeddings.out_dtype
+        table_dtype = self.language_model.embedding.word_embeddings.weight.dtype
+        widening = ms.dtype_to_nptype(self.compute_dtype)().itemsize > ms.dtype_to_nptype(table_dtype)().itemsize
+        self.head_spans = head_chunks(cfg.vocab_size, HEAD_CHUNK_ROWS) if widening else ()
+        self.slice = ops.Slice()
+        self.concat = ops.Concat(axis=-1)
 
     def shard_inputs(self, rows):
         h = self.config.hidden_size
         return {"head": [(rows, h), (self.config.vocab_size, h)]}
 
     def logits(self, hidden):
-        """Tied head: hidden [..., H] → FP32 logits [..., vocab_size]."""
-        table = self.cast(self.language_model.embedding.word_embeddings.weight, self.compute_dtype)
+        """Tied head: hidden [..., H] → FP32 logits [..., vocab_size] (chunked, see the class)."""
+        weight = self.language_model.embedding.word_embeddings.weight
         flat = self.reshape(self.cast(hidden, self.compute_dtype), (-1, self.config.hidden_size))
-        out = self.cast(self.head(flat, table), ms.float32)
+        if self.head_spans:
+            parts = ()
+            for start, rows in self.head_spans:
+                rows_table = self.slice(weight, (start, 0), (rows, self.config.hidden_size))
+                parts = parts + (self.head(flat, self.cast(rows_table, self.compute_dtype)),)
+            out = self.cast(self.concat(parts), ms.float32)
+        else:
+            out = self.cast(self.head(flat, self.cast(weight, self.compute_dtype)), ms.float32)
         return self.reshape(out, hidden.shape[:-1] + (self.config.vocab_size,))
 
     def construct(self, input_ids, position_ids, attention_mask):
