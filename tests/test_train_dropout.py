@@ -111,3 +111,28 @@ def test_codegeex_dropouts_replaced_and_recompute_regenerates_masks(graph_mode):
     assert grads[0][0] == grads[1][0]
     for a, b in zip(grads[0][1:], grads[1][1:]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_kernel_gives_the_composed_operators_bits_forward_and_backward(graph_mode):
+    """The one-pass CPU kernel against the int64 operator graph it replaces: same output and
+    gradient bits, signed zeros and Inf/NaN propagation included, and the NumPy mask."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 33, 70)).astype(np.float32)  # odd sizes: vector tails
+    x[0, 0, 0, :4] = [np.inf, -np.inf, np.nan, -0.0]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    key = DropoutKey()
+    key.set(99, 1, 12)
+    out = {}
+    for mode in ("on", "off"):
+        cell = StatelessDropout(0.3, 5, key.param, mode)
+        assert (cell.fused is not None) == (mode == "on")
+        cell.set_train(True)
+        y, vjp = ms.vjp(cell, Tensor(x))
+        out[mode] = (y.asnumpy(), vjp(Tensor(dy))[0].asnumpy())
+    for fused, composed in zip(out["on"], out["off"]):
+        np.testing.assert_array_equal(fused.view(np.uint32), composed.view(np.uint32))
+    keep = keep_mask_numpy(step_key(99, 1, 12), 5, x.shape, 0.3)
+    scale = np.float32(1 / 0.7)
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(out["on"][0][finite], x[finite] * keep[finite] * scale)
+    np.testing.assert_array_equal(out["on"][1], dy * scale * keep)

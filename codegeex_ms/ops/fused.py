@@ -1,8 +1,8 @@
 """The fused kernels as trainable ``ops.Custom`` primitives, chosen by device target.
 
-``fused_fast_gelu(mode)`` and ``fused_masked_softmax(mode)`` return a ``FusedOp`` (forward and
-backward primitives, the forward carrying a ``bprop``) or ``None`` when the built-in operators
-should be used:
+``fused_fast_gelu(mode)``, ``fused_masked_softmax(mode)`` and ``fused_stateless_dropout(mode)``
+(CPU only) return a ``FusedOp`` (forward and backward primitives, the forward carrying a
+``bprop``) or ``None`` when the built-in operators should be used:
 
 - ``"off"``: always ``None``;
 - ``"auto"``: the kernel of the current device target if it can be built/loaded, else ``None``
@@ -39,6 +39,7 @@ ASCEND_OP_NAMES = {
 CPU_GPU_SYMBOLS = {
     "fast_gelu": ("FastGeluForward", "FastGeluBackward"),
     "masked_softmax": ("MaskedSoftmaxForward", "MaskedSoftmaxBackward"),
+    "stateless_dropout": ("StatelessDropoutForward", "StatelessDropoutBackward"),
 }
 
 logger = logging.getLogger("codegeex_ms")
@@ -198,5 +199,46 @@ def fused_masked_softmax(mode: str) -> Optional[FusedOp]:
         return backward(out, dout, scale), zeros_like(mask), zeros_like(scale)
 
     forward = ops.Custom(names[0], out_shape=_softmax_shape, out_dtype=_softmax_dtype, func_type="aot",
+                         bprop=bprop)
+    return FusedOp(forward, backward)
+
+
+# ---------------------------------------------------------------------- stateless dropout
+
+def _dropout_shape(x_shape, key_shape, threshold_shape, scale_shape):
+    for name, shape in (("site_key", key_shape), ("threshold", threshold_shape), ("scale", scale_shape)):
+        if list(shape) not in ([], [1], [-1]):
+            raise ValueError(f"stateless dropout: {name} must be a scalar or [1] tensor, got {tuple(shape)}")
+    return x_shape
+
+
+def _dropout_dtype(x_dtype, key_dtype, threshold_dtype, scale_dtype):
+    if _elem(x_dtype) != ms.float32 or _elem(scale_dtype) != ms.float32:
+        raise TypeError(f"fused stateless dropout takes float32 x and scale, got {x_dtype}, {scale_dtype}")
+    if _elem(key_dtype) != ms.int64 or _elem(threshold_dtype) != ms.int64:
+        raise TypeError(f"fused stateless dropout takes int64 site_key and threshold, got {key_dtype}, "
+                        f"{threshold_dtype}")
+    return x_dtype
+
+
+def fused_stateless_dropout(mode: str) -> Optional[FusedOp]:
+    """The one-pass stateless dropout of ``codegeex_ms.train.dropout`` (CPU only), or None.
+
+    Forward inputs: x (FP32, any shape), site_key int64 scalar in [0, 2**32), threshold int64 [1]
+    (hash values below it drop), scale FP32 [1]; output ``(x * keep) * scale``. Backward: (dy,
+    site_key, threshold, scale) → ``(dy * scale) * keep``, the mask regenerated from the hash.
+    Bit-identical to the composed operators (``kernels/dropout/cpu/stateless_dropout.cc``).
+    """
+    names = _resolve("stateless_dropout", mode)
+    if names is None:
+        return None
+    backward = ops.Custom(names[1], out_shape=_dropout_shape, out_dtype=_dropout_dtype, func_type="aot")
+    zeros_like = ops.ZerosLike()
+
+    def bprop(x, site_key, threshold, scale, out, dout):  # pylint: disable=unused-argument
+        return (backward(dout, site_key, threshold, scale), zeros_like(site_key), zeros_like(threshold),
+                zeros_like(scale))
+
+    forward = ops.Custom(names[0], out_shape=_dropout_shape, out_dtype=_dropout_dtype, func_type="aot",
                          bprop=bprop)
     return FusedOp(forward, backward)

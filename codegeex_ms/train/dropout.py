@@ -8,16 +8,22 @@ and each element's keep bit comes from an integer hash of its flat index. The ma
 only on values stored in a checkpoint (seed, step), recomputation in the backward pass
 regenerates the same mask, and data-parallel ranks draw different masks.
 
-The hash (two multiply/xor-shift rounds on 32-bit values held in int64, so no product overflows)
-costs about five times a native dropout on CPU. It needs the flat index of every element, which
-is too much memory for the 13B model's attention probabilities, so on Ascend the native dropout
-is kept (``train.dropout_rng: auto``) and resume there is exact up to the dropout masks.
+The hash is two multiply/xor-shift rounds on 32-bit values. Composed of MindSpore operators
+(held in int64, so no product overflows) it costs about five times a native dropout on CPU and
+needs the flat index of every element, which is too much memory for the 13B model's attention
+probabilities, so on Ascend the native dropout is kept (``train.dropout_rng: auto``) and resume
+there is exact up to the dropout masks. On CPU, FP32 inputs go through one fused kernel
+(``codegeex_ms.ops.fused.fused_stateless_dropout``, chosen by ``fused``: auto | on | off) that
+hashes, masks and scales in one pass and regenerates the mask in the backward; it gives the same
+bits as the composed operators, which remain the path for other dtypes and ``fused="off"``.
 """
 
 import numpy as np
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+
+from codegeex_ms.ops.fused import fused_stateless_dropout
 
 MASK32 = 0xFFFFFFFF
 _M1, _M2 = 0x7FEB352D, 0x2C1B3C6D        # odd multipliers < 2**31: products of 32-bit values fit int64
@@ -64,21 +70,28 @@ class StatelessDropout(nn.Cell):
     """Inverted dropout with rate ``p``: ``x * keep / (1 - p)`` in training, identity otherwise.
 
     ``key`` is the shared int64 scalar Parameter holding the current micro-step's key; ``site``
-    distinguishes the dropout layers of one network. Any input shape and float dtype.
+    distinguishes the dropout layers of one network. Any input shape and float dtype; ``fused``
+    (auto | on | off) selects the one-pass CPU kernel for FP32 inputs.
     """
 
-    def __init__(self, p: float, site: int, key: Parameter):
+    def __init__(self, p: float, site: int, key: Parameter, fused: str = "auto"):
         super().__init__()
         self.p, self.site, self.key = float(p), int(site), key
         self.threshold = threshold(self.p)
         self.scale = 1.0 / (1.0 - self.p)
+        kernel = fused_stateless_dropout(fused) if self.p > 0.0 else None
+        self.fused = kernel.forward if kernel is not None else None
+        self.threshold_tensor = Tensor([self.threshold], ms.int64)
+        self.scale_tensor = Tensor([self.scale], ms.float32)
 
     def construct(self, x):
         if not self.training or self.p == 0.0:
             return x
+        site_key = _mix(ops.bitwise_and(self.key + self.site * _GOLDEN, MASK32))
+        if self.fused is not None and x.dtype == ms.float32:
+            return self.fused(x, site_key, self.threshold_tensor, self.scale_tensor)
         last = x.shape[-1]
         rows = x.size // last
-        site_key = _mix(ops.bitwise_and(self.key + self.site * _GOLDEN, MASK32))
         idx = ops.arange(rows, dtype=ms.int64).reshape(rows, 1) * last + ops.arange(last, dtype=ms.int64)
         keep = _mix(ops.bitwise_xor(idx, site_key)) >= self.threshold
         keep = ops.stop_gradient(keep.reshape(x.shape).astype(x.dtype))
@@ -102,9 +115,9 @@ def use_stateless(mode: str, device_target: str) -> bool:
     return mode == "stateless" or (mode == "auto" and device_target == "CPU")
 
 
-def install_stateless_dropout(net) -> DropoutKey:
+def install_stateless_dropout(net, fused: str = "auto") -> DropoutKey:
     """Replace every ``nn.Dropout`` inside ``net`` by a :class:`StatelessDropout` of the same
-    rate (sites numbered in traversal order); returns the shared key holder."""
+    rate (sites numbered in traversal order, ``fused`` as there); returns the shared key holder."""
     key = DropoutKey()
     targets = []
     for _, cell in net.cells_and_names():
@@ -113,5 +126,5 @@ def install_stateless_dropout(net) -> DropoutKey:
                 targets.append((cell, attr, child))
     for site, (cell, attr, child) in enumerate(targets):
         rate = child.p if child.p is not None else 1.0 - child.keep_prob
-        setattr(cell, attr, StatelessDropout(rate, site, key.param))
+        setattr(cell, attr, StatelessDropout(rate, site, key.param, fused))
     return key

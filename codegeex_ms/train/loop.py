@@ -53,7 +53,7 @@ class Trainer:
         self.dropout_key = None
         rate = max(cfg.model.dropout, cfg.lora.dropout if self.lora is not None else 0.0)
         if rate > 0 and use_stateless(cfg.train.dropout_rng, device_target):
-            self.dropout_key = install_stateless_dropout(self.model)
+            self.dropout_key = install_stateless_dropout(self.model, cfg.model.fused_kernels)
         optimizer = build_optimizer(self.loss_net, cfg.train)
         set_fusion_groups(topology, len(optimizer.parameters), cfg.parallel.gradient_fusion_groups)
         self.step = TrainStep(self.loss_net, optimizer, cfg.train)

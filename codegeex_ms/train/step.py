@@ -8,9 +8,17 @@ micro-batches (forward + backward, gradients added to the accumulators, no commu
 unscales by ``scale * A``, checks overflow, adjusts the scale, clips to the global norm and applies
 the optimizer unless the gradients overflowed.
 
-Overflow check: :func:`mindspore.amp.all_finite`, which uses the native overflow check on
-Ascend and ``isfinite`` on CPU. The scale follows :class:`mindspore.amp.DynamicLossScaler`
-(``*factor`` after ``window`` finite steps in a row, ``/factor`` (floor 1) on overflow).
+The global norm is taken of the scaled gradients and then unscaled (``sqrt(Σ g²) / (scale·A)``),
+and unscaling and clipping are one multiply of each gradient by ``clip_factor / (scale·A)``: one
+pass over the gradients fewer than unscaling first, and bit-identical to it while ``scale·A`` is
+a power of two (the default), since multiplying by a power of two is exact in floating point.
+
+Overflow check: on CPU, whether that norm is finite (the square sum is Inf/NaN iff a gradient is,
+or, harmlessly, when it exceeds the FP32 range, which lowers the scale as an overflow would), so
+the check costs no pass of its own. Elsewhere :func:`mindspore.amp.all_finite`, which on Ascend
+reads the native overflow status (FP16 there may saturate instead of producing Inf). The scale
+follows :class:`mindspore.amp.DynamicLossScaler` (``*factor`` after ``window`` finite steps in a
+row, ``/factor`` (floor 1) on overflow).
 
 Semi-auto parallel (rules in :mod:`codegeex_ms.parallel.reduction`): this part of the step sees
 each device's local gradient slices, so
@@ -127,6 +135,7 @@ class _Update(nn.Cell):
         if self.reduce:
             self.allreduce = ops.AllReduce()
             self.inv_ranks = 1.0 / state.num_ranks
+        self.norm_overflow_check = ms.get_context("device_target") == "CPU"
         self.reduce_overflow = state.reductions.overflow
         if self.reduce_overflow:
             self.overflow_allreduce = ops.AllReduce()
@@ -141,15 +150,15 @@ class _Update(nn.Cell):
         if self.reduce:
             grads = s.reducer(grads)
             loss = self.allreduce(loss) * self.inv_ranks
-        grads = self.hyper_map(ops.partial(_mul, ops.reciprocal(scale * s.accum_steps)), grads)
-        finite = all_finite(grads)
+        unscale = ops.reciprocal(scale * s.accum_steps)
+        norm = ops.reshape(ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))), ()) * unscale
+        finite = ops.isfinite(norm) if self.norm_overflow_check else all_finite(grads)
         if self.reduce_overflow:
             overflow = self.overflow_allreduce(ops.cast(ops.logical_not(finite), ms.float32))
             finite = ops.equal(overflow, 0.0)
         s.scaler.adjust(finite)
-        norm = ops.reshape(ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))), ())
         factor = s.clip_norm / ops.maximum(norm, s.clip_norm)
-        grads = self.hyper_map(ops.partial(_mul, factor), grads)
+        grads = self.hyper_map(ops.partial(_mul, unscale * factor), grads)
         lr = s.optimizer.get_lr()
         if finite:
             loss = ops.depend(loss, s.optimizer(grads))
