@@ -59,19 +59,14 @@ def full_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 def cached_logits(model, ids: np.ndarray, prefill: int) -> np.ndarray:
-    """[B, S - P + 1, V] FP32 logits of prefill(P) followed by one-token decode steps."""
+    """[B, S - P + 1, V] FP32 logits of prefill(P) followed by one-token decode steps, through
+    the generator's :class:`~codegeex_ms.model.kv_cache.CachedDecoder`."""
     from codegeex_ms.model.kv_cache import CachedDecoder
-    from codegeex_ms.model.masks import positions
     b, s = ids.shape
     decoder = CachedDecoder(model, b, s)
-    decoder.set_train(False)
-    mask = np.zeros((b, prefill, s), np.float32)
-    mask[:, :, :prefill] = np.tril(np.ones((prefill, prefill), np.float32))
-    steps = [decoder.step(ids[:, :prefill], positions(b, prefill), mask, 0)]
+    steps = [decoder.prefill([row.tolist() for row in ids[:, :prefill]])]
     for t in range(prefill, s):
-        mask = np.zeros((b, 1, s), np.float32)
-        mask[:, :, :t + 1] = 1.0
-        steps.append(decoder.step(ids[:, t:t + 1], np.full((b, 1), t, np.int32), mask, t))
+        steps.append(decoder.decode(ids[:, t]))
     return np.stack(steps, axis=1)
 
 

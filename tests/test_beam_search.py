@@ -1,8 +1,9 @@
-"""Beam search (``Generator.generate(num_beams > 1)``) against independent references.
+"""Beam search (``Generator.generate(num_beams > 1)``, ``inference/beam.py``) against independent
+references.
 
 The generator drives a fake KV-cache decoder whose next-token logits are a fixed pseudo-random
 function of each row's full history (prompt + generated tokens). The fake tracks every row's
-history exactly as a cache would: ``step`` appends the fed tokens, ``reorder`` permutes rows. So
+history exactly as a cache would: ``decode`` appends the fed tokens, ``reorder`` permutes rows. So
 a search that forgets or misapplies the cache reorder, or that returns the greedy path, gives
 other sequences than the references:
 
@@ -47,21 +48,25 @@ def logp_of(history, vocab, eos_bias):
 
 
 class FakeDecoder:
-    """Rows of token histories standing in for a KV cache of ``batch`` rows."""
+    """Rows of token histories standing in for a KV cache of ``batch`` rows (the
+    :class:`~codegeex_ms.model.kv_cache.CachedDecoder` interface)."""
 
     def __init__(self, batch, vocab, eos_bias, pad):
+        self.batch_size = batch
         self.rows = [[] for _ in range(batch)]
         self.vocab, self.eos_bias, self.pad = vocab, eos_bias, pad
 
-    def step(self, ids, pos, mask, slot):  # pylint: disable=unused-argument
-        ids = np.asarray(ids)
-        for r in range(ids.shape[0]):
-            tokens = ids[r].tolist()
-            if slot == 0:  # prefill: drop the left padding
-                while tokens and tokens[0] == self.pad:
-                    tokens.pop(0)
-            self.rows[r] = self.rows[r] + tokens
+    def _logits(self):
         return np.stack([logits_of(row, self.vocab, self.eos_bias) for row in self.rows])
+
+    def prefill(self, prompts, length):
+        assert len(prompts) == self.batch_size and length >= max(len(p) for p in prompts)
+        self.rows = [list(p) for p in prompts]
+        return self._logits()
+
+    def decode(self, tokens):
+        self.rows = [row + [int(t)] for row, t in zip(self.rows, np.asarray(tokens).reshape(-1))]
+        return self._logits()
 
     def reorder(self, parents):
         self.rows = [list(self.rows[int(p)]) for p in parents]

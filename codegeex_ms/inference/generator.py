@@ -3,10 +3,9 @@
 Greedy and sampled rows run on a :class:`~codegeex_ms.inference.scheduler.SlotScheduler` whose
 pool has a power-of-two number of slots (at most ``max_slots``; more rows wait for free slots)
 and a power-of-two cache length covering the longest prompt plus ``max_new_tokens``. Beam search
-keeps the static left-padded cache (:class:`~codegeex_ms.model.kv_cache.CachedDecoder`): prompts
-are left-padded to a bucket length P (a power of two, at least 16), position ids count from each
-row's first real token and the mask hides the padding slots. Graph mode compiles one graph per
-shape and never per step.
+(:mod:`codegeex_ms.inference.beam`) runs on a static cache of one row per beam
+(:class:`~codegeex_ms.model.kv_cache.CachedDecoder`), the prompt left-padded to a bucket length
+P (a power of two, at least 16). Graph mode compiles one graph per shape and never per step.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from codegeex_ms.inference.sampling import SamplingParams, log_softmax, mask_padding_rows
+from codegeex_ms.inference.beam import beam_search
+from codegeex_ms.inference.sampling import SamplingParams
 from codegeex_ms.inference.scheduler import (Completion, Request, SlotScheduler, StopFn,
                                              _stable_length)
 
@@ -130,20 +130,6 @@ class Generator:
         """Padded prompt length: a power-of-two bucket that still leaves ``max_new`` slots."""
         return min(bucket(longest, self.max_length), self.max_length - max_new)
 
-    def _prefill_inputs(self, token_lists, prompt_len, cache_len):
-        b = len(token_lists)
-        ids = np.full((b, prompt_len), self.pad, np.int32)
-        pads = np.zeros(b, np.int64)
-        for r, toks in enumerate(token_lists):
-            pads[r] = prompt_len - len(toks)
-            ids[r, pads[r]:] = toks
-        slots = np.arange(prompt_len)
-        pos = np.maximum(slots[None, :] - pads[:, None], 0).astype(np.int32)
-        keys = np.arange(cache_len)
-        mask = ((keys[None, None, :] <= slots[None, :, None])
-                & (keys[None, None, :] >= pads[:, None, None])).astype(np.float32)
-        return ids, pos, mask, pads
-
     # ------------------------------------------------------------------ public API
 
     def generate(self, prompts: Sequence, max_new_tokens: int = 128,
@@ -234,79 +220,13 @@ class Generator:
         for step in range(steps):
             self.trace.append(np.stack([t[min(step, len(t) - 1)] for t in rows]))
 
-    def _check_stop(self, generated, stop, stop_fn):
-        """(text, finish reason or None) after the newest token."""
-        text = self.tokenizer.decode(generated)
-        cuts = [text.find(s) for s in stop if s and s in text]
-        if cuts:
-            return text[:min(cuts)], "stop"
-        if stop_fn is not None:
-            final = stop_fn(text)
-            if final is not None:
-                return final, "stop"
-        return text, None
-
     # ------------------------------------------------------------------ beam search
 
     def _beam_search(self, prompt, max_new, beams, length_penalty, early_stopping, stop, stop_fn):
         p = self._prompt_bucket(len(prompt), max_new)
-        length = bucket(p + max_new, self.max_length)
-        decoder = self._decoder(beams, length)
-        ids, pos, mask, pads = self._prefill_inputs([prompt] * beams, p, length)
-        logits = decoder.step(ids, pos, mask, 0)
-        vocab = logits.shape[-1]
-        seqs = [[] for _ in range(beams)]
-        scores = np.full(beams, -np.inf)
-        scores[0] = 0.0            # identical beams at the start: expand only the first
-        done = []                  # (penalised score, tokens, text, reason)
-
-        def finalise(tokens, logp, reason, text=None):
-            text = self.tokenizer.decode(tokens) if text is None else text
-            done.append((logp / max(len(tokens), 1) ** length_penalty, tokens, text, reason))
-
-        for step in range(max_new):
-            logp = log_softmax(mask_padding_rows(logits, self.cfg.real_vocab_size))
-            total = (scores[:, None] + logp).reshape(-1)
-            order = np.argsort(-total, kind="stable")[:2 * beams]
-            next_seqs, next_scores, parents, tokens = [], [], [], []
-            for flat in order:
-                parent, token = divmod(int(flat), vocab)
-                if not np.isfinite(total[flat]):
-                    break
-                cand = seqs[parent] + [token]
-                if token == self.eod:
-                    finalise(seqs[parent], total[flat], "eos")
-                    continue
-                text, reason = self._check_stop(cand, stop, stop_fn)
-                if reason:
-                    finalise(cand, total[flat], reason, text)
-                    continue
-                next_seqs.append(cand)
-                next_scores.append(total[flat])
-                parents.append(parent)
-                tokens.append(token)
-                if len(next_seqs) == beams:
-                    break
-            if not next_seqs or (early_stopping and len(done) >= beams):
-                seqs = []          # finished: nothing live to add as "length"
-                break
-            while len(next_seqs) < beams:  # keep the batch shape: duplicate a dead beam slot
-                next_seqs.append(next_seqs[0])
-                next_scores.append(-np.inf)
-                parents.append(parents[0])
-                tokens.append(tokens[0])
-            seqs, scores = next_seqs, np.array(next_scores)
-            if step == max_new - 1:
-                break
-            decoder.reorder(np.array(parents, np.int32))
-            slot = p + step
-            keys = np.arange(length)
-            step_mask = ((keys[None, :] <= slot) & (keys[None, :] >= pads[:, None]))
-            logits = decoder.step(np.array(tokens, np.int32)[:, None],
-                                  (slot - pads)[:, None].astype(np.int32),
-                                  step_mask[:, None, :].astype(np.float32), slot)
-        for tokens, score in zip(seqs, scores):
-            if np.isfinite(score) and tokens:
-                finalise(tokens, score, "length")
-        best = max(done, key=lambda d: d[0])
-        return Completion(best[2], best[1], best[3], len(prompt), score=float(best[0]))
+        decoder = self._decoder(beams, bucket(p + max_new, self.max_length))
+        score, tokens, text, reason = beam_search(
+            decoder, prompt, max_new, eod=self.eod, real_vocab_size=self.cfg.real_vocab_size,
+            decode=self.tokenizer.decode, prefill_length=p, length_penalty=length_penalty,
+            early_stopping=early_stopping, stop=stop, stop_fn=stop_fn)
+        return Completion(text, tokens, reason, len(prompt), score=float(score))

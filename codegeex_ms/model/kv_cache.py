@@ -1,10 +1,17 @@
-"""Incremental decoding with a preallocated static key/value cache.
+"""Incremental decoding over preallocated key/value caches.
 
-The cache holds ``num_layers + 1`` (top-query layer included) key and value tensors of shape
-[B, N, L, D]. A call writes the keys/values of its S new tokens into slots
-``start .. start + S - 1`` in place and attends over all L slots, the mask telling which slots are
-valid. Prefill (S = prompt bucket) and decode (S = 1) are the same Cell with two input shapes, so
-graph mode compiles each shape once and never again per step.
+A cache holds ``num_layers + 1`` (top-query layer included) key and value tensors of shape
+[B, N, L, D]. One call runs S new tokens of every row: token ``s`` of row ``b`` is written into
+slot ``starts[b] + s`` in place, gets position id ``starts[b] + s - pads[b]`` and attends slots
+``pads[b] .. starts[b] + s``. Masks, position ids and write indices are built inside the graph
+from ``starts`` and ``pads`` (two [B] int32 vectors), so a step sends the device only those, the
+token ids and which positions' logits to return, and the host builds nothing per step. Prefill
+(S = prompt bucket), decode (S = 1) and speculative verification (S = k + 1) are the same Cell
+with different input shapes: graph mode compiles each shape once and never again per step.
+
+* :class:`CachedDecoder`: a static batch of left-padded rows decoding in lockstep (beam search,
+  scoring); it keeps each row's padding and the write position itself.
+* :class:`SlotKVCache`: a pool of rows with their own lengths (continuous batching).
 """
 
 import numpy as np
@@ -15,60 +22,61 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from codegeex_ms.model.layers import DTYPE
 
 
-def cache_write_index(batch: int, heads: int, start: int, length: int) -> np.ndarray:
-    """[batch, heads, length, 3] int32 indices (b, n, start + s) for ``ScatterNdUpdate``."""
-    b, n, s = np.meshgrid(np.arange(batch), np.arange(heads), start + np.arange(length),
-                          indexing="ij")
-    return np.stack([b, n, s], axis=-1).astype(np.int32)
+def _kv_parameters(cfg, prefix: str, rows: int, length: int, dtype) -> tuple:
+    shape = (rows, cfg.num_heads, length, cfg.head_dim)
+
+    def make(kind, i):
+        return Parameter(Tensor(np.zeros(shape), dtype), name=f"{prefix}.{kind}.{i}",
+                         requires_grad=False)
+
+    layers = cfg.num_layers + 1
+    return (ParameterTuple([make("key", i) for i in range(layers)]),
+            ParameterTuple([make("value", i) for i in range(layers)]))
 
 
-class CachedDecoder(nn.Cell):
-    """Wraps a :class:`~codegeex_ms.model.CodeGeeX` for cached decoding.
+class _CachedStep(nn.Cell):
+    """``construct(ids [B,S] int32, starts [B] int32, pads [B] int32, pick [B,Q] int32)`` → FP32
+    logits [B, Q, vocab] of the tokens at sequence positions ``pick``.
 
-    ``construct(input_ids [B,S], position_ids [B,S], attention_mask [B,S,L], index [B,N,S,3])``
-    → FP32 logits [B, vocab] of the last of the S tokens. ``attention_mask[b, s, j]`` is 1 when
-    new token s may attend cache slot j (slots written earlier or in this call, causal).
+    Token ``s`` of row ``b`` is written into ``key_caches``/``value_caches`` [B, N, T, D] at slot
+    ``starts[b] + s``, has position id ``max(starts[b] + s - pads[b], 0)`` and attends slots
+    ``pads[b] .. starts[b] + s`` (a query before ``pads[b]`` attends nothing: padding).
+    ``starts[b] + S`` must not exceed T.
     """
 
-    def __init__(self, model, batch_size: int, cache_length: int, cache_dtype: str = None):
+    def __init__(self, model, key_caches, value_caches):
         super().__init__()
-        cfg = model.config
-        if cache_length > cfg.max_position_embeddings:
-            raise ValueError(f"cache_length {cache_length} exceeds max_position_embeddings "
-                             f"{cfg.max_position_embeddings}")
         self.model = model
-        self.batch_size, self.cache_length = batch_size, cache_length
-        self.num_heads = cfg.num_heads
-        dtype = DTYPE[cache_dtype or cfg.compute_dtype]
-        shape = (batch_size, cfg.num_heads, cache_length, cfg.head_dim)
+        self.key_caches, self.value_caches = key_caches, value_caches
+        rows, heads, length, _ = key_caches[0].shape
+        self.slots = Tensor(np.arange(length, dtype=np.int32))
+        self.rows = Tensor(np.arange(rows, dtype=np.int32))
+        self.heads = Tensor(np.arange(heads, dtype=np.int32))
+        self.num_heads = heads
+        self.gather = ops.GatherD()
+        self.broadcast = ops.BroadcastTo((-1, -1, model.config.hidden_size))
+        self.expand = ops.ExpandDims()
+        self.reshape = ops.Reshape()
+        self.stack = ops.Stack(axis=-1)
+        self.cast = ops.Cast()
 
-        def make(kind, i):
-            return Parameter(Tensor(np.zeros(shape), dtype), name=f"kv_cache.{kind}.{i}",
-                             requires_grad=False)
-
-        layers = cfg.num_layers + 1
-        self.key_caches = ParameterTuple([make("key", i) for i in range(layers)])
-        self.value_caches = ParameterTuple([make("value", i) for i in range(layers)])
-        self._reorder = _CacheReorder(self.key_caches, self.value_caches)
-
-    def construct(self, input_ids, position_ids, attention_mask, index):
-        hidden = self.model.language_model(input_ids, position_ids, attention_mask,
-                                           self.key_caches, self.value_caches, index)
-        last = hidden[:, -1:, :]
-        return self.model.logits(last)[:, 0, :]
-
-    def reorder(self, rows: np.ndarray) -> None:
-        """Beam search: make cache row ``i`` a copy of row ``rows[i]`` for every layer."""
-        self._reorder(Tensor(rows, ms.int32))
-
-    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
-             start: int) -> np.ndarray:
-        """Run one call from NumPy inputs, writing slots ``start ..``; returns logits [B, V]."""
+    def construct(self, input_ids, starts, pads, pick):
         b, s = input_ids.shape
-        index = cache_write_index(b, self.num_heads, start, s)
-        out = self(Tensor(input_ids, ms.int32), Tensor(position_ids, ms.int32),
-                   Tensor(attention_mask, ms.float32), Tensor(index))
-        return out.asnumpy()
+        n = self.num_heads
+        written = self.reshape(starts, (b, 1)) + self.reshape(self.slots[:s], (1, s))     # [B, S]
+        position_ids = ops.maximum(written - self.reshape(pads, (b, 1)), 0)
+        keys = self.reshape(self.slots, (1, 1, -1))
+        allowed = ops.logical_and(keys <= self.reshape(written, (b, s, 1)),
+                                  keys >= self.reshape(pads, (b, 1, 1)))
+        mask = self.cast(allowed, ms.float32)
+        shape = (b, n, s)
+        index = self.stack((ops.broadcast_to(self.reshape(self.rows[:b], (b, 1, 1)), shape),
+                            ops.broadcast_to(self.reshape(self.heads, (1, n, 1)), shape),
+                            ops.broadcast_to(self.reshape(written, (b, 1, s)), shape)))
+        hidden = self.model.language_model(input_ids, position_ids, mask,
+                                           self.key_caches, self.value_caches, index)
+        rows = self.broadcast(self.expand(pick, 2))
+        return self.model.logits(self.gather(hidden, 1, rows))
 
 
 class _CacheReorder(nn.Cell):
@@ -86,6 +94,73 @@ class _CacheReorder(nn.Cell):
         return rows
 
 
+class CachedDecoder:
+    """A static batch of ``batch_size`` rows decoding in lockstep over ``cache_length`` slots.
+
+    :meth:`prefill` left-pads the prompts to one length (so every row's next token goes to the
+    same slot) and remembers each row's padding; :meth:`decode` feeds one token per row and
+    returns the logits after it. Callers pass only token ids: the decoder keeps the write
+    position, the padding, and so the position ids and masks. Row ``b``'s position ids count
+    from its first real token and its padding slots are never attended.
+    """
+
+    def __init__(self, model, batch_size: int, cache_length: int, cache_dtype: str = None):
+        cfg = model.config
+        if cache_length > cfg.max_position_embeddings:
+            raise ValueError(f"cache_length {cache_length} exceeds max_position_embeddings "
+                             f"{cfg.max_position_embeddings}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.cache_length, self.pad_id = batch_size, cache_length, cfg.eod_token_id
+        keys, values = _kv_parameters(cfg, "kv_cache", batch_size, cache_length,
+                                      DTYPE[cache_dtype or cfg.compute_dtype])
+        self._step = _CachedStep(model, keys, values)
+        self._reorder = _CacheReorder(keys, values)
+        self._last = Tensor(np.zeros((batch_size, 1), np.int32))
+        self.pads = np.zeros(batch_size, np.int32)
+        self.length = 0            # slots written so far (padding included)
+
+    def prefill(self, prompts: list, length: int = 0) -> np.ndarray:
+        """Start over with ``prompts`` (``batch_size`` token lists), left-padded to ``length``
+        slots (default: the longest prompt). Returns FP32 logits [B, V] after each prompt."""
+        longest = max(len(t) for t in prompts)
+        length = length or longest
+        if len(prompts) != self.batch_size or min(len(t) for t in prompts) < 1:
+            raise ValueError(f"prefill needs {self.batch_size} non-empty prompts, got "
+                             f"{[len(t) for t in prompts]} tokens")
+        if not longest <= length <= self.cache_length:
+            raise ValueError(f"prefill length {length} must hold the longest prompt ({longest}) "
+                             f"within the cache's {self.cache_length} slots")
+        ids = np.full((self.batch_size, length), self.pad_id, np.int32)
+        for b, toks in enumerate(prompts):
+            ids[b, length - len(toks):] = toks
+        self.pads = np.array([length - len(t) for t in prompts], np.int32)
+        self.length = 0
+        return self._run(ids)
+
+    def decode(self, tokens) -> np.ndarray:
+        """Feed one token per row (``tokens`` [B] ints) at the next slot; returns logits [B, V]."""
+        if self.length == 0:
+            raise ValueError("decode before prefill: call prefill first")
+        if self.length >= self.cache_length:
+            raise ValueError(f"the cache's {self.cache_length} slots are full")
+        return self._run(np.asarray(tokens, np.int32).reshape(self.batch_size, 1))
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: make row ``i`` a copy of row ``rows[i]`` (its cache and its padding)."""
+        rows = np.asarray(rows, np.int32)
+        self._reorder(Tensor(rows))
+        self.pads = self.pads[rows]
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        b, s = ids.shape
+        starts = np.full(b, self.length, np.int32)
+        pick = self._last if s == 1 else Tensor(np.full((b, 1), s - 1, np.int32))
+        out = self._step(Tensor(ids), Tensor(starts), Tensor(self.pads), pick)
+        self.length += s
+        return out.asnumpy()[:, 0, :]
+
+
 # ---------------------------------------------------------------------------------------------
 # The slot pool: per-row lengths, for iteration-level scheduling
 
@@ -98,38 +173,6 @@ def slot_write_index(rows: np.ndarray, heads: int, starts: np.ndarray, length: i
     out[..., 1] = np.arange(heads)[None, :, None]
     out[..., 2] = np.asarray(starts)[:, None, None] + np.arange(length)[None, None, :]
     return out
-
-
-def _kv_parameters(cfg, prefix: str, rows: int, length: int, dtype) -> tuple:
-    shape = (rows, cfg.num_heads, length, cfg.head_dim)
-
-    def make(kind, i):
-        return Parameter(Tensor(np.zeros(shape), dtype), name=f"{prefix}.{kind}.{i}",
-                         requires_grad=False)
-
-    layers = cfg.num_layers + 1
-    return (ParameterTuple([make("key", i) for i in range(layers)]),
-            ParameterTuple([make("value", i) for i in range(layers)]))
-
-
-class _PickedLogits(nn.Cell):
-    """``construct(ids [B,S], pos [B,S], mask [B,S,T], index [B,N,S,3], pick [B,Q])`` → FP32
-    logits [B, Q, vocab] of the tokens at sequence positions ``pick``; writes the S new keys and
-    values into ``key_caches``/``value_caches`` [B', N, T, D] at ``index`` and attends over T."""
-
-    def __init__(self, model, key_caches, value_caches):
-        super().__init__()
-        self.model = model
-        self.key_caches, self.value_caches = key_caches, value_caches
-        self.gather = ops.GatherD()
-        self.broadcast = ops.BroadcastTo((-1, -1, model.config.hidden_size))
-        self.expand = ops.ExpandDims()
-
-    def construct(self, input_ids, position_ids, attention_mask, index, pick):
-        hidden = self.model.language_model(input_ids, position_ids, attention_mask,
-                                           self.key_caches, self.value_caches, index)
-        rows = self.broadcast(self.expand(pick, 2))
-        return self.model.logits(self.gather(hidden, 1, rows))
 
 
 class _CopyRows(nn.Cell):
@@ -182,7 +225,9 @@ class SlotKVCache:
         self.prefill_tokens = prefill_tokens
         self.dtype = DTYPE[cache_dtype or cfg.compute_dtype]
         self.keys, self.values = _kv_parameters(cfg, "slot_cache", slots, length, self.dtype)
-        self._step = _PickedLogits(model, self.keys, self.values)
+        self._step = _CachedStep(model, self.keys, self.values)
+        self._zeros = Tensor(np.zeros(slots, np.int32))      # no padding in the pool
+        self._picks = {}          # (S, all) -> pick Tensor
         self._scratch = {}        # (rows, length) -> (step cell, copy cell)
         self.shapes = set()       # every (kind, shape) run: each is one compiled graph
 
@@ -204,14 +249,13 @@ class SlotKVCache:
         starts = np.asarray(starts, np.int64)
         if p != self.slots or starts.shape != (p,) or (starts + s > self.length).any():
             raise ValueError(f"forward needs [{self.slots}, S] tokens within {self.length} positions")
-        pos = starts[:, None] + np.arange(s)[None, :]
-        mask = (np.arange(self.length)[None, None, :] <= pos[:, :, None]).astype(np.float32)
-        index = slot_write_index(np.arange(p), self.cfg.num_heads, starts, s)
-        pick = np.broadcast_to(np.arange(s) if pick_all else np.array([s - 1]),
-                               (p, s if pick_all else 1)).astype(np.int32)
-        self.shapes.add(("forward", p, s, pick.shape[1]))
-        out = self._step(Tensor(tokens, ms.int32), Tensor(pos.astype(np.int32)), Tensor(mask),
-                         Tensor(index), Tensor(pick)).asnumpy()
+        key = (s, pick_all)
+        if key not in self._picks:
+            pick = np.arange(s) if pick_all else np.array([s - 1])
+            self._picks[key] = Tensor(np.broadcast_to(pick, (p, len(pick))).astype(np.int32))
+            self.shapes.add(("forward", p, s, len(pick)))
+        out = self._step(Tensor(tokens, ms.int32), Tensor(starts.astype(np.int32)), self._zeros,
+                         self._picks[key]).asnumpy()
         return out if pick_all else out[:, 0, :]
 
     # ------------------------------------------------------------------ prefill
@@ -230,7 +274,7 @@ class SlotKVCache:
         key = (rows, length)
         if key not in self._scratch:
             k, v = _kv_parameters(self.cfg, f"prefill_{rows}x{length}", rows, length, self.dtype)
-            self._scratch[key] = (_PickedLogits(self.model, k, v),
+            self._scratch[key] = (_CachedStep(self.model, k, v),
                                   _CopyRows(k, v, self.keys, self.values))
         return self._scratch[key]
 
@@ -250,12 +294,9 @@ class SlotKVCache:
         for i, toks in enumerate(prompts):
             ids[i, :len(toks)] = toks
             pick[i, 0] = len(toks) - 1
-        pos = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
-        mask = np.broadcast_to(np.tril(np.ones((length, length), np.float32)), (rows, length, length))
-        index = slot_write_index(np.arange(rows), self.cfg.num_heads, np.zeros(rows, np.int64), length)
+        zeros = Tensor(np.zeros(rows, np.int32))
         self.shapes.add(("prefill", rows, length))
-        logits = step(Tensor(ids), Tensor(np.ascontiguousarray(pos)),
-                      Tensor(np.ascontiguousarray(mask)), Tensor(index), Tensor(pick)).asnumpy()
+        logits = step(Tensor(ids), zeros, zeros, Tensor(pick)).asnumpy()
         pairs = [(i, d) for i, ds in enumerate(dests) for d in ds]
         if pairs:
             m = _pow2_at_least(len(pairs))
