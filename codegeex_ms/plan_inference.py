@@ -33,8 +33,10 @@ ASSUMPTIONS = [
     "intermediate after its last use and the allocator keeps the high-water mark): one layer's live "
     "activations — 6 residual-stream tensors b·s·h·c (input, LayerNorm, q, k, v, context), the "
     "MLP's b·s·f·c twice (dense_h_to_4h and FastGELU outputs), the attention scores and "
-    "probabilities 2·b·a·s·P·4 —; the tied head's table: widened in chunks of C = 2048 rows when the "
-    "compute dtype is wider than param_dtype (a chunk's slice and its widened copy, C·h·(p+c)), "
+    "probabilities 2·b·a·s·P·4 —; the tied head's table: nothing on --device cpu with an FP16 "
+    "table, FP32 compute and fused kernels (the FP16-weight kernel reads the table itself), else "
+    "widened in chunks of C = 2048 rows when the compute dtype is wider than param_dtype (a "
+    "chunk's slice and its widened copy, C·h·(p+c)), "
     "cast whole when narrower (V·h·c), nothing when equal; FP32 logits of the last position only, "
     "b·V·4 twice (framework and host copy).",
     "Reserve: the runtime (framework libraries, Python, allocator slack), --reserve-gib; default "
@@ -91,39 +93,43 @@ def prompt_bucket(length: int, max_new_tokens: int) -> int:
     return min(bucket, length)
 
 
-def head_bytes(mdl) -> int:
+def head_bytes(mdl, device: str = "npu") -> int:
     """Transient bytes of the tied head's table (see ``ASSUMPTIONS``)."""
     p, c = DTYPE_BYTES[mdl.param_dtype], DTYPE_BYTES[mdl.compute_dtype]
+    if device == "cpu" and mdl.fused_kernels != "off" and (p, c) == (2, 4):
+        return 0    # the FP16-weight kernel reads the table itself
     if c > p:
         return min(HEAD_CHUNK_ROWS, mdl.vocab_size) * mdl.hidden_size * (p + c)
     return mdl.vocab_size * mdl.hidden_size * c if c < p else 0
 
 
-def workspace_bytes(mdl, batch: int, prompt: int) -> dict:
+def workspace_bytes(mdl, batch: int, prompt: int, device: str = "npu") -> dict:
     """Transient bytes of the worst forward, a prefill of ``prompt`` tokens (see ``ASSUMPTIONS``)."""
     c = DTYPE_BYTES[mdl.compute_dtype]
     b, s, h, f, v = batch, prompt, mdl.hidden_size, mdl.ffn_hidden_size, mdl.vocab_size
-    parts = {"head": head_bytes(mdl),
+    parts = {"head": head_bytes(mdl, device),
              "logits": 2 * b * v * LOGITS_BYTES,
              "layer": 6 * b * s * h * c + 2 * b * s * f * c + 2 * b * mdl.num_heads * s * s * SOFTMAX_BYTES}
     parts["total"] = sum(parts.values())
     return parts
 
 
-def inference_total(mdl, batch: int, length: int, reserve: int, max_new_tokens: int = 1) -> int:
+def inference_total(mdl, batch: int, length: int, reserve: int, max_new_tokens: int = 1,
+                    device: str = "npu") -> int:
     """Peak bytes of inference at ``batch`` × ``length`` with prompts up to
     ``length − max_new_tokens`` tokens."""
     prompt = prompt_bucket(length, max_new_tokens)
     return (weight_bytes(mdl)["total"] + kv_cache_bytes(mdl, batch, length) + kv_cache_bytes(mdl, batch, prompt)
-            + workspace_bytes(mdl, batch, prompt)["total"] + reserve)
+            + workspace_bytes(mdl, batch, prompt, device)["total"] + reserve)
 
 
-def largest_length(mdl, batch: int, capacity: int, reserve: int, max_new_tokens: int = 1) -> int:
+def largest_length(mdl, batch: int, capacity: int, reserve: int, max_new_tokens: int = 1,
+                   device: str = "npu") -> int:
     """The longest prompt + generation (≤ the model's positions) that fits at ``batch``; 0 if none."""
     lo, hi = 0, mdl.max_position_embeddings
     while lo < hi:   # total grows with length: bisect
         mid = (lo + hi + 1) // 2
-        if inference_total(mdl, batch, mid, reserve, max_new_tokens) <= capacity:
+        if inference_total(mdl, batch, mid, reserve, max_new_tokens, device) <= capacity:
             lo = mid
         else:
             hi = mid - 1
@@ -145,9 +151,9 @@ def build_inference_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = N
     weights = weight_bytes(mdl)
     kv = kv_cache_bytes(mdl, batch, length)
     prefill_kv = kv_cache_bytes(mdl, batch, prompt)
-    work = workspace_bytes(mdl, batch, prompt)
+    work = workspace_bytes(mdl, batch, prompt, device)
     total = weights["total"] + kv + prefill_kv + work["total"] + reserve
-    largest = {b: largest_length(mdl, b, capacity, reserve, new) for b in BATCHES}
+    largest = {b: largest_length(mdl, b, capacity, reserve, new, device) for b in BATCHES}
     full = [b for b, n in largest.items() if n >= length]
     return {
         "mode": "inference", "device": device,

@@ -199,19 +199,24 @@ def test_inference_peak_terms_by_hand():
     assert cpu["prompt_bucket"] == 128 and cpu["max_new_tokens"] == 32
     assert cpu["prefill_cache"] == 2 * 40 * 1 * 128 * 5120 * 4       # the prompt's own cache
     work = cpu["workspace"]
-    assert work["head"] == 2048 * 5120 * (2 + 4)     # one chunk of the FP16 table and its FP32 copy
+    assert work["head"] == 0                          # the FP16-weight kernel reads the table
     assert work["logits"] == 2 * 52224 * 4            # the last position only, twice
     assert work["layer"] == 6 * 128 * 5120 * 4 + 2 * 128 * 20480 * 4 + 2 * 40 * 128 * 128 * 4
     assert cpu["reserve"] == int(0.4 * GIB)
     weights = cpu["weights"]["total"]
-    #   weights + decode pool + prefill cache + head chunk + logits + layer (residual, MLP, scores)
-    assert cpu["peak_bytes"] == (weights + 262_144_000 + 209_715_200 + 62_914_560 + 417_792
+    #   weights + decode pool + prefill cache + logits + layer (residual, MLP, scores)
+    assert cpu["peak_bytes"] == (weights + 262_144_000 + 209_715_200 + 417_792
                                  + 15_728_640 + 20_971_520 + 5_242_880 + int(0.4 * GIB))
-    assert 13.1 * GIB < cpu["peak_bytes"] < 13.3 * GIB and cpu["fits"]
+    assert 13.1 * GIB < cpu["peak_bytes"] < 13.2 * GIB and cpu["fits"]
     npu = build_inference_plan(_inference_cfg("infer_13b_single_npu"))
     assert npu["device"] == "npu" and npu["reserve"] == 2 * GIB
     assert npu["prompt_bucket"] == 2048 and npu["prefill_cache"] == npu["kv_cache"]
     assert npu["workspace"]["head"] == 0              # FP16 table, FP16 compute: no cast
+    # without the kernel (fused_kernels off, or not a CPU) the FP16 table is widened 2048 rows at a time
+    off = build_inference_plan(load_config(CONFIG_DIR / "infer_13b_cpu_int8.yaml", ("model.fused_kernels=off",)),
+                               capacity_gib=24, device="cpu")
+    assert off["workspace"]["head"] == 2048 * 5120 * (2 + 4)
+    assert off["peak_bytes"] == cpu["peak_bytes"] + 2048 * 5120 * 6
     assert npu["workspace"]["layer"] == (6 * 2048 * 5120 * 2 + 2 * 2048 * 20480 * 2
                                          + 2 * 40 * 2048 * 2048 * 4)
     assert npu["peak_bytes"] == (npu["weights"]["total"] + 2 * npu["kv_cache"]
@@ -229,10 +234,14 @@ def test_prompt_bucket_by_hand(length, new, bucket):
 
 
 def test_head_bytes_by_dtypes():
-    """Chunked when widening (2048 rows, or the whole table if smaller), whole cast when narrowing."""
+    """Chunked when widening (2048 rows, or the whole table if smaller), whole cast when narrowing,
+    nothing with the CPU's FP16-weight kernel."""
     from types import SimpleNamespace
     from codegeex_ms.plan_inference import head_bytes
-    mdl = lambda p, c, v: SimpleNamespace(param_dtype=p, compute_dtype=c, vocab_size=v, hidden_size=64)  # noqa: E731
+    mdl = lambda p, c, v, fused="auto": SimpleNamespace(param_dtype=p, compute_dtype=c, vocab_size=v,  # noqa: E731
+                                                        hidden_size=64, fused_kernels=fused)
+    assert head_bytes(mdl("float16", "float32", 52224), "cpu") == 0
+    assert head_bytes(mdl("float16", "float32", 52224, "off"), "cpu") == 2048 * 64 * 6
     assert head_bytes(mdl("float16", "float32", 52224)) == 2048 * 64 * 6
     assert head_bytes(mdl("float16", "float32", 300)) == 300 * 64 * 6
     assert head_bytes(mdl("float32", "float16", 52224)) == 52224 * 64 * 2
@@ -243,7 +252,7 @@ def test_cli_device_cpu_uses_the_measured_reserve(capsys):
     assert plan_cli.main(["--config", "infer_13b_cpu_int8", "--capacity-gib", "24", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "device cpu" in text and "reserve (runtime)" in text and "    0.40 GiB" in text
-    assert "total 13.2" in text and "-> FITS" in text
+    assert "total 13.1" in text and "-> FITS" in text
 
 
 def test_largest_batch_by_length_is_the_boundary():

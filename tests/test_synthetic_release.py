@@ -121,9 +121,9 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     assert np.array_equal(mapped(*args).asnumpy(), loaded(*args).asnumpy())
 
 
-def _small_int8_config():
+def _small_int8_config(*overrides):
     from codegeex_ms.config import load_config  # pylint: disable=import-outside-toplevel
-    return load_config("ascend_configs/infer_13b_cpu_int8.yaml", (
+    return load_config("ascend_configs/infer_13b_cpu_int8.yaml", overrides + (
         f"model.vocab_size={SMALL.vocab_size}", f"model.real_vocab_size={SMALL.vocab_size}",
         f"model.hidden_size={SMALL.hidden_size}", f"model.num_layers={SMALL.num_layers}",
         f"model.num_heads={SMALL.num_attention_heads}", f"model.ffn_hidden_size={SMALL.ffn_hidden_size}",
@@ -131,16 +131,22 @@ def _small_int8_config():
         "inference.max_length=32", "model.eod_token_id=0")).model
 
 
-def test_chunked_tied_head_equals_one_widened_matmul(monkeypatch):
-    """FP16 table, FP32 compute: the head widens 128-row chunks (128 + 128 + 44 of 300 rows) and
-    still gives hidden · table_fp32ᵀ (NumPy, float64 reference) for every row."""
+@pytest.mark.parametrize("fused,train", [("off", False), ("on", False), ("on", True)])
+def test_tied_head_without_a_widened_table_equals_one_widened_matmul(monkeypatch, fused, train):
+    """FP16 table, FP32 compute: the head either runs the FP16-weight kernel (inference) or widens
+    128-row chunks (128 + 128 + 44 of 300 rows: no kernel, or training) and gives
+    hidden · table_fp32ᵀ (NumPy, float64 reference) for every row either way."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model import codegeex  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.build import build_model  # pylint: disable=import-outside-toplevel
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
     monkeypatch.setattr(codegeex, "HEAD_CHUNK_ROWS", 128)
-    net = build_model(_small_int8_config())
+    net = build_model(_small_int8_config(f"model.fused_kernels={fused}"))
+    net.set_train(train)
     assert net.head_spans == ((0, 128), (128, 128), (256, 44))
+    assert (net.head_fused is not None) == (fused == "on")
+    if fused == "on" and not train:   # the chunked path must not run: it would fail loudly
+        monkeypatch.setattr(net, "slice", None)
     table = net.language_model.embedding.word_embeddings.weight.asnumpy()
     assert table.dtype == np.float16
     hidden = np.random.default_rng(3).standard_normal((2, 3, SMALL.hidden_size)).astype(np.float32)

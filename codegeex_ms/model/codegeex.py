@@ -9,6 +9,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from codegeex_ms.model.layers import Embedding, LayerNorm, shard_dropout
+from codegeex_ms.ops.w8a16 import f16w_matmul
 from codegeex_ms.model.transformer import TransformerLayer
 
 
@@ -117,10 +118,13 @@ class CodeGeeX(nn.Cell):
     logits [B, S, vocab_size] FP32. The mask is 1 where a query may attend a key, 0 elsewhere.
 
     When the compute dtype is wider than the stored table (FP16 weights, FP32 compute: the CPU
-    inference configs) the head multiplies by the table in chunks of ``HEAD_CHUNK_ROWS`` rows,
-    each widened just before its matmul, so no widened copy of the whole table is ever made; the
-    result is the same as one matmul with the widened table (each logit is the same dot product).
-    Otherwise (e.g. FP32 master weights, FP16 compute) it casts the table once and runs one matmul.
+    inference configs) no widened copy of the whole table is ever made: in inference
+    (``set_train(False)``) on CPU the fused FP16-weight kernel (``ops.w8a16.f16w_matmul``, chosen
+    by ``fused_kernels``) reads the FP16 table itself and widens it in registers; otherwise (no
+    kernel, or training: the kernel has no backward) the head multiplies by the table in chunks of
+    ``HEAD_CHUNK_ROWS`` rows, each widened just before its matmul. Both equal one matmul with the
+    widened table (each logit is the same dot product, FP32 sums). Otherwise (e.g. FP32 master
+    weights, FP16 compute) it casts the table once and runs one matmul.
     """
 
     def __init__(self, cfg):
@@ -134,6 +138,8 @@ class CodeGeeX(nn.Cell):
         table_dtype = self.language_model.embedding.word_embeddings.weight.dtype
         widening = ms.dtype_to_nptype(self.compute_dtype)().itemsize > ms.dtype_to_nptype(table_dtype)().itemsize
         self.head_spans = head_chunks(cfg.vocab_size, HEAD_CHUNK_ROWS) if widening else ()
+        self.head_fused = (f16w_matmul(cfg.fused_kernels)
+                           if widening and table_dtype == ms.float16 and self.compute_dtype == ms.float32 else None)
         self.slice = ops.Slice()
         self.concat = ops.Concat(axis=-1)
 
@@ -145,7 +151,9 @@ class CodeGeeX(nn.Cell):
         """Tied head: hidden [..., H] → FP32 logits [..., vocab_size] (chunked, see the class)."""
         weight = self.language_model.embedding.word_embeddings.weight
         flat = self.reshape(self.cast(hidden, self.compute_dtype), (-1, self.config.hidden_size))
-        if self.head_spans:
+        if self.head_fused is not None and not self.training:
+            out = self.head_fused(flat, weight)
+        elif self.head_spans:
             parts = ()
             for start, rows in self.head_spans:
                 rows_table = self.slice(weight, (start, 0), (rows, self.config.hidden_size))
