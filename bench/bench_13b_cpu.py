@@ -10,7 +10,7 @@ Steps (each in a fresh child process; time and peak RSS per step):
 - ``quantize``: FP16 -> ``codegeex_13b_int8.safetensors`` (W8A16, ``codegeex_ms.quantize``); the
   FP16 file is deleted afterwards unless ``--keep``;
 - ``generate``: config ``infer_13b_cpu_int8`` (INT8 linears, FP16 embeddings, FP32 compute,
-  fused W8A16 kernel, PyNative — graph mode on CPU keeps every intermediate of a compiled forward
+  fused W8A16 kernel and FP16-weight head kernel, PyNative with blocking launches — graph mode on CPU keeps every intermediate of a compiled forward
   alive, +0.13 GiB per layer; ``BENCH_MODE=graph`` to measure it anyway): measure the memory bandwidth (NumPy streaming read: best of
   several float32 GEMVs over a 512 MiB matrix, which read it once), map the INT8 file
   (``quantize.load_quantized_mmap``: the parameters are views of the file's pages, one copy),
@@ -139,6 +139,10 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
     bandwidth = stream_read_bandwidth()
     mode = os.environ.get("BENCH_MODE", "pynative")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
+    if mode != "graph":
+        # each op runs on the calling thread: no hand-off to a launch thread per op, which on a
+        # busy 2-core machine waits for a time slice (measured: bias add 8 ms -> 0.5 ms)
+        ms.runtime.launch_blocking()
     from codegeex_ms.config import CONFIG_DIR
     cfg = load_config(CONFIG_DIR / f"{CONFIG}.yaml", tuple(overrides))
     start = time.perf_counter()
