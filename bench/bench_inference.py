@@ -24,10 +24,27 @@ Weight memory: bytes of the parameters of the medium model built in FP16 and in 
 embeddings/LayerNorms/biases, FP32 row scales) with the process RSS growth when each is loaded,
 and the 13B model's from ``codegeex_ms.plan``.
 
+Kernels at 13B shapes (``--parts kernels``), side by side in one process:
+
+- prefill (M = 128 rows, K x N of the 13B layers: 5120 x 5120 attention, 5120 x 20480 and
+  20480 x 5120 MLP): MindSpore's FP32 ``MatMul(transpose_b=True)`` on FP32 weights, the fused
+  W8A16 kernel on int8 weights and the FP16-weight kernel (``F16WMatMul``) on FP16 weights, each
+  the best of ``--kernel-repeats`` calls taken in turn (the machine may be shared); GFLOP/s =
+  2·M·K·N / time, and the W8A16 kernel's fraction of MindSpore's.
+- decode (M = 1 and 8): the W8A16 kernel on the 13B layer shapes and the FP16-weight kernel on
+  the tied output head (52224 x 5120), cycling over enough weight copies to exceed twice the
+  last-level cache, so every call reads its weights from memory: GB/s of weights read and the
+  time over the bound (weight bytes ÷ copy bandwidth).
+
+The kernels are called on NumPy arrays through their C entry points (``kernel_build.call_aot``,
+~20 us per call, < 1 % here), MindSpore's MatMul through a graph-mode Cell.
+
     python bench/bench_inference.py [--json PATH] [--models small,medium] [--batches 1,8]
+                                    [--parts models,kernels]
 """
 
 import argparse
+import ctypes
 import dataclasses
 import gc
 import json
@@ -52,6 +69,7 @@ from codegeex_ms.inference.generator import Generator  # noqa: E402
 from codegeex_ms.model.build import build_model  # noqa: E402
 from codegeex_ms.model.masks import causal_mask, positions  # noqa: E402
 from codegeex_ms.model.quant import NUMPY_DTYPES, weight_bytes  # noqa: E402
+from codegeex_ms.ops import kernel_build  # noqa: E402
 from codegeex_ms.plan import build_plan  # noqa: E402
 from codegeex_ms.quantize import quantize_into  # noqa: E402
 
@@ -64,6 +82,9 @@ MODELS = {   # model.* overrides of the default (13B) config; vocabulary and FFN
 POSITION_TABLES = ("language_model.embedding.position_embeddings.weight",
                    "language_model.topQueryEmbedding.top_query_embeddings.weight")
 MB = 1e6
+PREFILL_SHAPES = ((128, 5120, 5120), (128, 5120, 20480), (128, 20480, 5120))   # M, K, N (13B layers)
+DECODE_SHAPES = ((5120, 5120), (5120, 20480), (20480, 5120))                  # K, N of the INT8 layers
+HEAD_SHAPE = (5120, 52224)                                                    # K, N of the FP16 tied head
 
 
 class IdTokenizer:
@@ -160,6 +181,114 @@ def bench_network(label, net, args, bandwidth):
     return rows
 
 
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache sysfs reports (0 if none)."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
+    return max(sizes, default=0)
+
+
+def best_of(fns, repeats):
+    """Best seconds of each function over ``repeats`` rounds, calling them in turn in each round."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+class FloatMatMul(ms.nn.Cell):
+    """MindSpore's FP32 ``x · wᵀ`` (the FP32 Linear's matmul)."""
+
+    def __init__(self):
+        super().__init__()
+        self.matmul = ms.ops.MatMul(transpose_b=True)
+
+    def construct(self, x, w):
+        return self.matmul(x, w)
+
+
+def kernel_table(bandwidth, repeats):
+    """Prefill and decode rows of the W8A16 / FP16-weight kernels (see the module docstring)."""
+    lib = kernel_build.locate("w8a16_matmul", "CPU")
+    isa_fn = ctypes.CDLL(lib).W8A16Isa
+    isa_fn.restype = ctypes.c_char_p
+    rng = np.random.default_rng(0)
+    prefill, decode = [], []
+    mm = FloatMatMul()
+    for m, k, n in PREFILL_SHAPES:
+        x = rng.standard_normal((m, k), np.float32)
+        w32 = (0.02 * rng.standard_normal((n, k), np.float32))
+        q = rng.integers(-127, 128, (n, k), dtype=np.int8)
+        scale = np.full(n, 0.02 / 127, np.float32)
+        w16 = w32.astype(np.float16)
+        xt, wt = ms.Tensor(x), ms.Tensor(w32)
+        y = np.empty((m, n), np.float32)
+        fns = [lambda: mm(xt, wt).asnumpy(), lambda: kernel_build.call_aot(lib, "W8A16MatMul", [x, q, scale, y]),
+               lambda: kernel_build.call_aot(lib, "F16WMatMul", [x, w16, y])]
+        for fn in fns:
+            fn()                      # compile / warm up
+        times = best_of(fns, repeats)
+        flops = 2 * m * k * n
+        prefill.append({"m": m, "k": k, "n": n, "mindspore_fp32_s": times[0], "w8a16_s": times[1],
+                        "f16w_s": times[2], "mindspore_fp32_gflops": flops / times[0] / 1e9,
+                        "w8a16_gflops": flops / times[1] / 1e9, "f16w_gflops": flops / times[2] / 1e9,
+                        "w8a16_over_mindspore": times[0] / times[1]})
+        print(f"  prefill {m}x{k}x{n}: MindSpore FP32 {prefill[-1]['mindspore_fp32_gflops']:.1f}, W8A16 "
+              f"{prefill[-1]['w8a16_gflops']:.1f}, F16W {prefill[-1]['f16w_gflops']:.1f} GFLOP/s", flush=True)
+        del x, w32, q, w16, xt, wt
+        gc.collect()
+    span = 2 * last_level_cache_bytes()
+    cases = [("w8a16", k, n, np.int8) for k, n in DECODE_SHAPES] + [("f16w",) + HEAD_SHAPE + (np.float16,)]
+    for kind, k, n, wtype in cases:
+        nbytes = k * n * np.dtype(wtype).itemsize
+        first = (rng.integers(-127, 128, (n, k), dtype=np.int8) if wtype == np.int8
+                 else (0.02 * rng.standard_normal((n, k), np.float32)).astype(np.float16))
+        copies = [first] + [first.copy() for _ in range(max(1, -(-span // nbytes)) - 1)]
+        scale = np.full(n, 0.02 / 127, np.float32)
+        for m in (1, 8):
+            x = rng.standard_normal((m, k), np.float32)
+            y = np.empty((m, n), np.float32)
+            turn = iter(range(1 << 62))
+
+            def call():
+                w = copies[next(turn) % len(copies)]
+                args = [x, w, scale, y] if kind == "w8a16" else [x, w, y]
+                kernel_build.call_aot(lib, "W8A16MatMul" if kind == "w8a16" else "F16WMatMul", args)
+
+            call()
+            seconds = best_of([call], max(repeats, 2 * len(copies)))[0]
+            bound = nbytes / bandwidth
+            decode.append({"kernel": kind, "m": m, "k": k, "n": n, "weight_bytes": nbytes, "copies": len(copies),
+                           "seconds": seconds, "weight_gb_per_s": nbytes / seconds / 1e9, "bound_s": bound,
+                           "over_bound": seconds / bound})
+            print(f"  decode {kind} {m}x{k}x{n}: {1e3 * seconds:.2f} ms, {nbytes / seconds / 1e9:.2f} GB/s of "
+                  f"weights, {seconds / bound:.2f}x the bound", flush=True)
+        del copies, first
+        gc.collect()
+    return {"isa": isa_fn().decode(), "threads_env": os.environ.get("CODEGEEX_KERNEL_THREADS"),
+            "prefill": prefill, "decode": decode}
+
+
+def print_kernel_table(kernels, bandwidth):
+    print(f"\nkernels at 13B shapes (fused library ISA {kernels['isa']}; copy bandwidth {bandwidth / 1e9:.2f} GB/s)")
+    print(f"{'M':>5}{'K':>7}{'N':>7}{'MindSpore FP32 ms':>19}{'GFLOP/s':>9}{'W8A16 ms':>10}{'GFLOP/s':>9}"
+          f"{'F16W ms':>9}{'GFLOP/s':>9}{'W8A16/MS':>10}")
+    for r in kernels["prefill"]:
+        print(f"{r['m']:>5}{r['k']:>7}{r['n']:>7}{1e3 * r['mindspore_fp32_s']:>19.1f}"
+              f"{r['mindspore_fp32_gflops']:>9.1f}"
+              f"{1e3 * r['w8a16_s']:>10.1f}{r['w8a16_gflops']:>9.1f}{1e3 * r['f16w_s']:>9.1f}{r['f16w_gflops']:>9.1f}"
+              f"{r['w8a16_over_mindspore']:>9.2f}x")
+    print(f"{'kernel':<7}{'M':>3}{'K':>7}{'N':>7}{'weights MB':>11}{'ms':>8}{'GB/s':>7}{'bound ms':>9}{'ms/bound':>9}")
+    for r in kernels["decode"]:
+        print(f"{r['kernel']:<7}{r['m']:>3}{r['k']:>7}{r['n']:>7}{r['weight_bytes'] / MB:>11.1f}"
+              f"{1e3 * r['seconds']:>8.2f}{r['weight_gb_per_s']:>7.2f}{1e3 * r['bound_s']:>9.2f}{r['over_bound']:>9.2f}")
+
+
 def weight_memory_child(name: str, kind: str) -> dict:
     """In a fresh process: build model ``name`` with FP16 (``kind="fp16"``) or INT8 weights
     (FP16 elsewhere), load random FP16 weights made one tensor at a time, and return the
@@ -210,6 +339,9 @@ def main(argv=None) -> int:
     parser.add_argument("--recompute-steps", type=int, default=2,
                         help="timed steps of recompute decoding (after one warm-up step; best is kept)")
     parser.add_argument("--repeats", type=int, default=2, help="timed generator runs (best is kept)")
+    parser.add_argument("--parts", default="models,kernels",
+                        help="comma-separated: models (the model table), kernels (the 13B-shape kernel table)")
+    parser.add_argument("--kernel-repeats", type=int, default=3, help="timed calls per kernel (best is kept)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--weight-memory-child", metavar="MODEL:KIND", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -221,12 +353,18 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     args.batches = [int(b) for b in args.batches.split(",")]
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"models", "kernels"}:
+        parser.error(f"--parts {args.parts!r}: choose from models, kernels")
+    if "models" not in parts:
+        models = []
 
     runtime.setup("graph", seed=0)
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s (NumPy, read + write)", flush=True)
-    rows, sizes = [], {}
+    rows, sizes, memory = [], {}, {}
     start = time.perf_counter()
+    kernels = kernel_table(bandwidth, args.kernel_repeats) if "kernels" in parts else None
     for name in models:
         net = build_model(model_config(name))       # N(0, 0.02) weights: the pre-training init
         net.set_train(False)
@@ -239,7 +377,8 @@ def main(argv=None) -> int:
         rows += bench_network((name, "int8"), net8, args, bandwidth)
         del net8
         gc.collect()
-    memory = {models[-1]: weight_memory(models[-1])}
+    if models:
+        memory = {models[-1]: weight_memory(models[-1])}
     plan13 = build_plan(load_config(str(REPO_ROOT / "ascend_configs" / "infer_13b_single_npu.yaml")))["inference"]
     elapsed = time.perf_counter() - start
 
@@ -248,18 +387,22 @@ def main(argv=None) -> int:
           f"{bandwidth / 1e9:.2f} GB/s")
     for name in models:
         print(f"  {name}: {sizes[name]['parameters'] / 1e6:.1f}M parameters ({MODELS[name]})")
-    head = (f"{'model':<7}{'weights':<8}{'batch':>5}{'prefill tok/s':>14}{'decode ms/step':>15}"
-            f"{'decode tok/s':>13}{'recompute ms/step':>18}{'cache speedup':>14}{'weights MB':>11}"
-            f"{'bound ms':>9}{'decode/bound':>13}{'KV MB':>7}")
-    print(head)
-    for r in rows:
-        print(f"{r['model']:<7}{r['weights']:<8}{r['batch']:>5}{r['prefill_tokens_per_s']:>14.0f}"
-              f"{r['decode_ms_per_step']:>15.2f}{r['decode_tokens_per_s']:>13.1f}{r['recompute_ms_per_step']:>18.1f}"
-              f"{r['recompute_ms_per_step'] / r['decode_ms_per_step']:>13.1f}x{r['step_weight_bytes'] / MB:>11.1f}"
-              f"{r['bound_ms']:>9.2f}{r['decode_over_bound']:>13.1f}{r['kv_cache_bytes_per_step'] / MB:>7.1f}")
-    if not all(r["recompute_tokens_agree"] for r in rows):
-        print("note: recompute and cached decoding chose different tokens in:",
-              [(r["model"], r["weights"], r["batch"]) for r in rows if not r["recompute_tokens_agree"]])
+    if kernels:
+        print_kernel_table(kernels, bandwidth)
+    if rows:
+        head = (f"{'model':<7}{'weights':<8}{'batch':>5}{'prefill tok/s':>14}{'decode ms/step':>15}"
+                f"{'decode tok/s':>13}{'recompute ms/step':>18}{'cache speedup':>14}{'weights MB':>11}"
+                f"{'bound ms':>9}{'decode/bound':>13}{'KV MB':>7}")
+        print(head)
+        for r in rows:
+            print(f"{r['model']:<7}{r['weights']:<8}{r['batch']:>5}{r['prefill_tokens_per_s']:>14.0f}"
+                  f"{r['decode_ms_per_step']:>15.2f}{r['decode_tokens_per_s']:>13.1f}"
+                  f"{r['recompute_ms_per_step']:>18.1f}"
+                  f"{r['recompute_ms_per_step'] / r['decode_ms_per_step']:>13.1f}x{r['step_weight_bytes'] / MB:>11.1f}"
+                  f"{r['bound_ms']:>9.2f}{r['decode_over_bound']:>13.1f}{r['kv_cache_bytes_per_step'] / MB:>7.1f}")
+        if not all(r["recompute_tokens_agree"] for r in rows):
+            print("note: recompute and cached decoding chose different tokens in:",
+                  [(r["model"], r["weights"], r["batch"]) for r in rows if not r["recompute_tokens_agree"]])
     for name, mem in memory.items():
         f16, i8 = mem["fp16"], mem["int8"]
         print(f"\nweight memory, {name}: FP16 {f16['parameter_bytes'] / MB:.1f} MB (RSS +"
@@ -274,7 +417,8 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps({
             "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "mindspore": ms.__version__},
             "copy_bandwidth_bytes_per_s": bandwidth, "models": sizes, "rows": rows,
-            "weight_memory": memory, "weight_memory_13b": plan13, "seconds": elapsed}, indent=1))
+            "weight_memory": memory, "weight_memory_13b": plan13, "kernels": kernels, "seconds": elapsed},
+            indent=1))
     return 0
 
 
