@@ -10,6 +10,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
+from codegeex_ms.ops.fused import fused_layer_norm
 from codegeex_ms.ops.w8a16 import w8a16_matmul
 
 DTYPE = {"float16": ms.float16, "float32": ms.float32}
@@ -111,28 +112,43 @@ class Linear(nn.Cell):
 
 
 class LayerNorm(nn.Cell):
-    """LayerNorm over the last axis in FP32; ``weight``/``bias`` [hidden]; output in ``out_dtype``."""
+    """LayerNorm over the last axis in FP32; ``weight``/``bias`` [hidden]; output in ``out_dtype``.
 
-    def __init__(self, hidden, eps=1e-5, out_dtype="float32", param_dtype="float32"):
+    ``fused`` (auto | on | off, default off): the FP32 LayerNorm kernel of the CPU
+    (``codegeex_ms.ops.fused.fused_layer_norm``; MindSpore's CPU LayerNormGrad is several times
+    slower) instead of ``ops.LayerNorm``; :meth:`shard` under (semi-)auto parallel or ``dp > 1``
+    switches back to the built-in.
+    """
+
+    def __init__(self, hidden, eps=1e-5, out_dtype="float32", param_dtype="float32", fused="off"):
         super().__init__()
         self.hidden = hidden
         self.weight = Parameter(initializer(One(), [hidden], DTYPE[param_dtype]), name="weight")
         self.bias = Parameter(initializer(Zero(), [hidden], DTYPE[param_dtype]), name="bias")
         self.out_dtype = DTYPE[out_dtype]
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        kernel = fused_layer_norm(fused)
+        self.fused_norm = kernel.forward if kernel is not None else None
+        self.eps = ms.Tensor([eps], ms.float32)
         self.cast = ops.Cast()
 
     def shard(self, dp):
         self.norm.shard(((dp, 1, 1), (1,), (1,)))
         self.split = {"weight": (1,), "bias": (1,)}
+        mode = ms.get_auto_parallel_context("parallel_mode")
+        if dp > 1 or mode in (ms.ParallelMode.SEMI_AUTO_PARALLEL, ms.ParallelMode.AUTO_PARALLEL):
+            self.fused_norm = None  # the custom kernel has no shard strategy
         return self
 
     def shard_inputs(self, batch, seq):
         return {"norm": [(batch, seq, self.hidden), (self.hidden,), (self.hidden,)]}
 
     def construct(self, x):
-        y, _, _ = self.norm(self.cast(x, ms.float32), self.cast(self.weight, ms.float32),
-                            self.cast(self.bias, ms.float32))
+        x, w, b = self.cast(x, ms.float32), self.cast(self.weight, ms.float32), self.cast(self.bias, ms.float32)
+        if self.fused_norm is not None:
+            y = self.fused_norm(x, w, b, self.eps)
+        else:
+            y, _, _ = self.norm(x, w, b)
         return self.cast(y, self.out_dtype)
 
 

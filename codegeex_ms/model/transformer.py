@@ -114,9 +114,9 @@ class TransformerLayer(nn.Cell):
         super().__init__()
         h, eps, dt, pdt = cfg.hidden_size, cfg.layernorm_epsilon, cfg.compute_dtype, cfg.param_dtype
         self.top_query = top_query
-        self.input_layernorm = LayerNorm(h, eps, dt, pdt)
+        self.input_layernorm = LayerNorm(h, eps, dt, pdt, cfg.fused_kernels)
         self.attention = Attention(cfg)
-        self.post_attention_layernorm = LayerNorm(h, eps, dt, pdt)
+        self.post_attention_layernorm = LayerNorm(h, eps, dt, pdt, cfg.fused_kernels)
         self.mlp = MLP(cfg)
         self.attn_dropout = nn.Dropout(p=cfg.dropout)
         self.mlp_dropout = nn.Dropout(p=cfg.dropout)

@@ -1,7 +1,7 @@
 """The fused kernels as trainable ``ops.Custom`` primitives, chosen by device target.
 
-``fused_fast_gelu(mode)``, ``fused_masked_softmax(mode)`` and ``fused_stateless_dropout(mode)``
-(CPU only) return a ``FusedOp`` (forward and backward primitives, the forward carrying a
+``fused_fast_gelu(mode)``, ``fused_masked_softmax(mode)``, ``fused_stateless_dropout(mode)`` and
+``fused_layer_norm(mode)`` (the last two CPU only) return a ``FusedOp`` (forward and backward primitives, the forward carrying a
 ``bprop``) or ``None`` when the built-in operators should be used:
 
 - ``"off"``: always ``None``;
@@ -40,6 +40,7 @@ CPU_GPU_SYMBOLS = {
     "fast_gelu": ("FastGeluForward", "FastGeluBackward"),
     "masked_softmax": ("MaskedSoftmaxForward", "MaskedSoftmaxBackward"),
     "stateless_dropout": ("StatelessDropoutForward", "StatelessDropoutBackward"),
+    "layer_norm": ("LayerNormForward", "LayerNormBackward"),
 }
 
 logger = logging.getLogger("codegeex_ms")
@@ -240,5 +241,56 @@ def fused_stateless_dropout(mode: str) -> Optional[FusedOp]:
                 zeros_like(scale))
 
     forward = ops.Custom(names[0], out_shape=_dropout_shape, out_dtype=_dropout_dtype, func_type="aot",
+                         bprop=bprop)
+    return FusedOp(forward, backward)
+
+
+# ---------------------------------------------------------------------------- LayerNorm
+
+def _layer_norm_shape(x_shape, gamma_shape, beta_shape, eps_shape):
+    if len(x_shape) < 1 or len(gamma_shape) != 1 or list(beta_shape) != list(gamma_shape):
+        raise ValueError(f"fused LayerNorm needs x [..., H], gamma [H], beta [H]; got {tuple(x_shape)}, "
+                         f"{tuple(gamma_shape)}, {tuple(beta_shape)}")
+    if min(x_shape[-1], gamma_shape[0]) >= 0 and x_shape[-1] != gamma_shape[0]:
+        raise ValueError(f"fused LayerNorm: x has H={x_shape[-1]}, gamma {gamma_shape[0]}")
+    if list(eps_shape) not in ([1], [-1]):
+        raise ValueError(f"fused LayerNorm: eps must be a [1] tensor, got {tuple(eps_shape)}")
+    return x_shape
+
+
+def _layer_norm_dtype(*dtypes):
+    if any(_elem(d) != ms.float32 for d in dtypes):
+        raise TypeError(f"fused LayerNorm takes float32 tensors only, got {dtypes}")
+    return dtypes[0]
+
+
+def _layer_norm_grad_shape(x_shape, gamma_shape, dy_shape, eps_shape):  # pylint: disable=unused-argument
+    return [x_shape, gamma_shape, gamma_shape]
+
+
+def _layer_norm_grad_dtype(*dtypes):
+    _layer_norm_dtype(*dtypes)
+    return [dtypes[0], dtypes[0], dtypes[0]]
+
+
+def fused_layer_norm(mode: str) -> Optional[FusedOp]:
+    """LayerNorm over the last axis in FP32 (CPU only), or None.
+
+    Forward inputs: x [..., H], gamma [H], beta [H], eps [1], all FP32; output ``(x - mean) * rstd *
+    gamma + beta``. Backward: (x, gamma, dy, eps) → (dx, dgamma, dbeta), statistics recomputed from
+    x; deterministic for any thread count (``kernels/layernorm/cpu/layernorm.cc``).
+    """
+    names = _resolve("layer_norm", mode)
+    if names is None:
+        return None
+    backward = ops.Custom(names[1], out_shape=_layer_norm_grad_shape, out_dtype=_layer_norm_grad_dtype,
+                          func_type="aot")
+    zeros_like = ops.ZerosLike()
+
+    def bprop(x, gamma, beta, eps, out, dout):  # pylint: disable=unused-argument
+        dx, dgamma, dbeta = backward(x, gamma, dout, eps)
+        return dx, dgamma, dbeta, zeros_like(eps)
+
+    forward = ops.Custom(names[0], out_shape=_layer_norm_shape, out_dtype=_layer_norm_dtype, func_type="aot",
                          bprop=bprop)
     return FusedOp(forward, backward)
