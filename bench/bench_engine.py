@@ -68,77 +68,99 @@ def load(args):
     return cfg, model, CodeGeeXTokenizer.from_dir(None)
 
 
-def static_batches(model, cfg, tokenizer, rows, args):
+class StaticBatches:
     """Today's path: fixed batches of ``args.slots`` rows, each row prefilled, left-padded; a batch
-    decodes until all its rows end; the stop rule re-decodes each row's text every token."""
-    from codegeex_ms.humaneval.stopping import stop_index
-    from codegeex_ms.inference.generator import bucket
-    from codegeex_ms.inference.logits import choose
-    from codegeex_ms.inference.sampling import SamplingParams
-    from codegeex_ms.model.kv_cache import CachedDecoder
-    params = SamplingParams(0.8, 0, 0.95)
-    out, decoders = [], {}
-    for first in range(0, len(rows), args.slots):
-        batch = rows[first:first + args.slots]
-        b = len(batch)
-        p = min(bucket(max(len(t) for t, _ in batch), cfg.inference.max_length),
-                cfg.inference.max_length - args.max_new)
-        length = bucket(p + args.max_new, cfg.inference.max_length)
-        if (b, length) not in decoders:
-            decoders[(b, length)] = CachedDecoder(model, b, length)
-        dec = decoders[(b, length)]
-        ids = np.zeros((b, p), np.int32)
-        pads = np.array([p - len(t) for t, _ in batch])
-        for r, (t, _) in enumerate(batch):
-            ids[r, pads[r]:] = t
-        slots = np.arange(p)
-        pos = np.maximum(slots[None, :] - pads[:, None], 0).astype(np.int32)
-        keys = np.arange(length)
-        mask = ((keys[None, None, :] <= slots[None, :, None]) & (keys[None, None, :] >= pads[:, None, None]))
-        logits = dec.step(ids, pos, mask.astype(np.float32), 0)
-        rngs = [np.random.default_rng([args.seed, r]) for _, r in batch]
-        gen = [[] for _ in range(b)]
-        done = [False] * b
-        for step in range(args.max_new):
-            lg = np.array(logits, np.float32)
-            lg[:, cfg.model.real_vocab_size:] = -np.inf
-            live = [r for r in range(b) if not done[r]]
-            picks = choose(lg[live], [params] * len(live), [rngs[r] for r in live])
-            tokens = np.zeros(b, np.int32)
-            for r, t in zip(live, picks):
-                tokens[r] = t
-                if t == tokenizer.eod_id:
-                    done[r] = True
-                    continue
-                gen[r].append(int(t))
-                if stop_index(tokenizer.decode(gen[r]), "python") is not None or len(gen[r]) == args.max_new:
-                    done[r] = True
-            if all(done):
-                break
-            slot = p + step
-            step_mask = (keys[None, :] <= slot) & (keys[None, :] >= pads[:, None])
-            logits = dec.step(tokens[:, None], (slot - pads)[:, None].astype(np.int32),
-                              step_mask[:, None, :].astype(np.float32), slot)
-        out += gen
-    return out
+    decodes until all its rows end; the stop rule re-decodes each row's text every token. Like
+    today's ``Generator`` it keeps its ``CachedDecoder`` per (rows, length) between runs.
+    ``times``: seconds in the model (``model_s``) and on the host (``host_s``) of the last run."""
+
+    def __init__(self, model, cfg, tokenizer, args):
+        self.model, self.cfg, self.tokenizer, self.args = model, cfg, tokenizer, args
+        self.decoders = {}
+        self.times = {}
+
+    def __call__(self, rows):
+        from codegeex_ms.humaneval.stopping import stop_index
+        from codegeex_ms.inference.generator import bucket
+        from codegeex_ms.inference.logits import choose
+        from codegeex_ms.inference.sampling import SamplingParams
+        from codegeex_ms.model.kv_cache import CachedDecoder
+        cfg, args, tokenizer = self.cfg, self.args, self.tokenizer
+        params = SamplingParams(0.8, 0, 0.95)
+        out, model_s, calls, t_run = [], 0.0, 0, time.perf_counter()
+        for first in range(0, len(rows), args.slots):
+            batch = rows[first:first + args.slots]
+            b = len(batch)
+            p = min(bucket(max(len(t) for t, _ in batch), cfg.inference.max_length),
+                    cfg.inference.max_length - args.max_new)
+            length = bucket(p + args.max_new, cfg.inference.max_length)
+            if (b, length) not in self.decoders:
+                self.decoders[(b, length)] = CachedDecoder(self.model, b, length)
+            dec = self.decoders[(b, length)]
+            t0 = time.perf_counter()
+            logits = dec.prefill([t for t, _ in batch], p)
+            model_s += time.perf_counter() - t0
+            calls += 1
+            rngs = [np.random.default_rng([args.seed, r]) for _, r in batch]
+            gen = [[] for _ in range(b)]
+            done = [False] * b
+            for _ in range(args.max_new):
+                lg = np.array(logits, np.float32)
+                lg[:, cfg.model.real_vocab_size:] = -np.inf
+                live = [r for r in range(b) if not done[r]]
+                picks = choose(lg[live], [params] * len(live), [rngs[r] for r in live])
+                tokens = np.zeros(b, np.int32)
+                for r, t in zip(live, picks):
+                    tokens[r] = t
+                    if t == tokenizer.eod_id:
+                        done[r] = True
+                        continue
+                    gen[r].append(int(t))
+                    if stop_index(tokenizer.decode(gen[r]), "python") is not None or len(gen[r]) == args.max_new:
+                        done[r] = True
+                if all(done):
+                    break
+                t0 = time.perf_counter()
+                logits = dec.decode(tokens)
+                model_s += time.perf_counter() - t0
+                calls += 1
+            out += gen
+        self.times = {"model_s": model_s, "host_s": time.perf_counter() - t_run - model_s,
+                      "model_calls": calls}
+        return out
 
 
-def engine(model, cfg, tokenizer, rows, args, share: bool, speculative=None, slots=None, greedy=False):
-    from codegeex_ms.humaneval.stopping import LanguageStop
-    from codegeex_ms.inference.sampling import SamplingParams
-    from codegeex_ms.inference.scheduler import Request, SlotScheduler
-    from codegeex_ms.model.kv_cache import SlotKVCache
-    cache = SlotKVCache(model, slots or args.slots, cfg.inference.max_length, cfg.model.eod_token_id)
-    sched = SlotScheduler(cache, tokenizer, eod=tokenizer.eod_id, real_vocab_size=cfg.model.real_vocab_size,
-                          speculative=speculative, share_prompts=share)
-    params = SamplingParams() if greedy else SamplingParams(0.8, 0, 0.95)
-    max_new = args.spec_new if greedy else args.max_new
-    stop = None if greedy else LanguageStop("python")
-    reqs = [Request(t, max_new, params, seed=args.seed, seed_offset=r, stop_fn=stop) for t, r in rows]
-    for req in reqs:
-        sched.submit(req)
-    sched.run()
-    return [req.results[0].token_ids for req in reqs], sched
+class Engine:
+    """The slot scheduler over one ``SlotKVCache`` kept between runs (as the evaluator and the
+    server keep theirs); each run is a fresh scheduler, so no run reuses another's cache
+    contents. ``times`` and ``stats`` describe the last run."""
+
+    def __init__(self, model, cfg, tokenizer, args, slots=None, speculative=None):
+        from codegeex_ms.model.kv_cache import SlotKVCache
+        self.cfg, self.tokenizer, self.args, self.speculative = cfg, tokenizer, args, speculative
+        self.cache = SlotKVCache(model, slots or args.slots, cfg.inference.max_length, cfg.model.eod_token_id)
+        self.times, self.stats = {}, None
+
+    def __call__(self, rows, share: bool = True, greedy: bool = False, prefixes: bool = True):
+        from codegeex_ms.humaneval.stopping import LanguageStop
+        from codegeex_ms.inference.sampling import SamplingParams
+        from codegeex_ms.inference.scheduler import Request, SlotScheduler
+        args, cfg = self.args, self.cfg
+        sched = SlotScheduler(self.cache, self.tokenizer, eod=self.tokenizer.eod_id,
+                              real_vocab_size=cfg.model.real_vocab_size, speculative=self.speculative,
+                              share_prompts=share, share_prefixes=prefixes)
+        params = SamplingParams() if greedy else SamplingParams(0.8, 0, 0.95)
+        max_new = args.spec_new if greedy else args.max_new
+        stop = None if greedy else LanguageStop("python")
+        reqs = [Request(t, max_new, params, seed=args.seed, seed_offset=r, stop_fn=stop) for t, r in rows]
+        t0 = time.perf_counter()
+        for req in reqs:
+            sched.submit(req)
+        sched.run()
+        st = self.stats = sched.stats
+        self.times = {"model_s": st.model_s, "host_s": time.perf_counter() - t0 - st.model_s,
+                      "model_calls": st.prefill_calls + st.decode_steps}
+        return [req.results[0].token_ids for req in reqs]
 
 
 def timed(fn, *a, **kw):
@@ -152,7 +174,7 @@ def timed(fn, *a, **kw):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from codegeex_ms.humaneval.problems import load_problems
-    from codegeex_ms.humaneval.prompts import generation_input, translation_input
+    from codegeex_ms.humaneval.problems import generation_input, translation_input
     from codegeex_ms.inference.speculative import PromptLookup
     cfg, model, tokenizer = load(args)
     room = cfg.inference.max_length - args.max_new - args.draft_tokens
@@ -161,35 +183,45 @@ def main(argv=None) -> int:
     prompts = [tokenizer.encode(generation_input(p, "python"))[-room:] for p in py[:args.prompts]]
     rows = [(prompts[i // args.samples], i) for i in range(args.prompts * args.samples)]
 
-    static, t_static = timed(static_batches, model, cfg, tokenizer, rows, args)
-    (separate, _), t_sep = timed(engine, model, cfg, tokenizer, rows, args, share=False)
-    (shared, sched), t_shared = timed(engine, model, cfg, tokenizer, rows, args, share=True)
+    static_way, pool = StaticBatches(model, cfg, tokenizer, args), Engine(model, cfg, tokenizer, args)
+    ways = [("static (today)", static_way, {}),
+            ("slots, separate prefills", pool, {"share": False, "prefixes": False}),
+            ("slots, shared prefill", pool, {"share": True, "prefixes": False}),
+            ("slots, shared + prefix reuse", pool, {"share": True, "prefixes": True})]
+    results = []
+    for name, fn, kw in ways:
+        out, seconds = timed(fn, rows, **kw)
+        stats = fn.stats if fn is pool else None
+        results.append((name, out, seconds, dict(fn.times), stats))
+    shared = results[2][1]
     tokens = sum(len(t) for t in shared)
     same = lambda a, b: sum(x == y for x, y in zip(a, b))  # noqa: E731
-    sampling = [
-        {"way": "static (today)", "seconds": t_static, "identical_to_shared": same(static, shared)},
-        {"way": "slots, separate prefills", "seconds": t_sep, "identical_to_shared": same(separate, shared)},
-        {"way": "slots, shared prefill", "seconds": t_shared, "identical_to_shared": len(shared)},
-    ]
+    t_static = results[0][2]
+    sampling = [{"way": name, "seconds": seconds, "identical_to_shared": same(out, shared), **times,
+                 **({"prefill_calls": st.prefill_calls, "prefill_tokens": st.prefill_tokens,
+                     "decode_steps": st.decode_steps} if st else {})}
+                for name, out, seconds, times, st in results]
 
     room = cfg.inference.max_length - args.spec_new - args.draft_tokens
     spec_rows = [(tokenizer.encode(translation_input(c, "cpp", p, "python"))[-room:], i)
                  for i, (c, p) in enumerate(zip(cpp[:args.spec_prompts], py[:args.spec_prompts]))]
-    (plain, _), t_plain = timed(engine, model, cfg, tokenizer, spec_rows, args, share=True, slots=1, greedy=True)
-    lookup = PromptLookup(args.draft_tokens)
-    (spec, ssched), t_spec = timed(engine, model, cfg, tokenizer, spec_rows, args, share=True, slots=1,
-                                   greedy=True, speculative=lookup)
+    plain_way = Engine(model, cfg, tokenizer, args, slots=1)
+    plain, t_plain = timed(plain_way, spec_rows, greedy=True)
+    spec_way = Engine(model, cfg, tokenizer, args, slots=1, speculative=PromptLookup(args.draft_tokens))
+    spec, t_spec = timed(spec_way, spec_rows, greedy=True)
     spec_tokens = sum(len(t) for t in plain)
-    st = ssched.stats
+    st = spec_way.stats
 
     print(f"\nconfig {args.config} {' '.join(args.overrides)} | {'random weights' if not args.checkpoint else args.checkpoint} "
           f"| {os.cpu_count()} CPUs (shared with other jobs)")
     print(f"\n{args.prompts} prompts x {args.samples} samples, {args.slots} rows at a time, "
           f"max {args.max_new} new tokens, {tokens} tokens generated")
-    print(f"{'way':>26} {'seconds':>8} {'tok/s':>8} {'speedup':>8} {'identical':>10}")
+    print(f"{'way':>30} {'seconds':>8} {'tok/s':>8} {'speedup':>8} {'identical':>10} {'model s':>8} "
+          f"{'host s':>7} {'calls':>6} {'prefilled':>9}")
     for r in sampling:
-        print(f"{r['way']:>26} {r['seconds']:8.2f} {tokens / r['seconds']:8.1f} "
-              f"{t_static / r['seconds']:7.2f}x {r['identical_to_shared']:>5}/{len(shared)}")
+        print(f"{r['way']:>30} {r['seconds']:8.2f} {tokens / r['seconds']:8.1f} "
+              f"{t_static / r['seconds']:7.2f}x {r['identical_to_shared']:>5}/{len(shared)} "
+              f"{r['model_s']:8.2f} {r['host_s']:7.2f} {r['model_calls']:>6} {r.get('prefill_tokens', ''):>9}")
     print(f"\nspeculative greedy, {len(spec_rows)} translation prompts at batch 1, {args.spec_new} new tokens")
     print(f"{'way':>26} {'seconds':>8} {'tok/s':>8} {'speedup':>8} {'identical':>10} {'accepted':>9}")
     print(f"{'plain greedy':>26} {t_plain:8.2f} {spec_tokens / t_plain:8.1f} {1:7.2f}x {'':>10} {'':>9}")

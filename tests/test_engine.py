@@ -175,3 +175,68 @@ def test_logprobs_and_penalties(pools):
     out = Penalties(presence=0.5, frequency=0.25).apply(np.zeros(5, np.float32), {1: 1, 3: 4})
     np.testing.assert_allclose(out, [0, -0.75, 0, -1.5, 0])
     assert top_logprobs(np.log(np.array([0.5, 0.3, 0.2])), 2, 0) == (pytest.approx(np.log(0.2)), {})
+
+
+def test_a_prompt_sharing_a_prefix_with_a_slot_copies_it_and_computes_the_rest(model):
+    sched = SlotScheduler(SlotKVCache(model, 3, 64, pad_id=0, prefill_tokens=128), IdTokenizer(),
+                          eod=IdTokenizer.eod_id, real_vocab_size=VOCAB, min_prefix=4)
+    sched.trace = True
+    rng = np.random.default_rng(3)
+    header = [int(t) for t in rng.integers(1, VOCAB, size=21)]
+    first = Request(header + [5, 6, 7], 5)
+    sched.submit(first)
+    sched.run()
+    first_slot = next(iter(sched.held))
+    assert sched.stats.prefix_tokens == 0
+    # A freed slot still holds the header: the next prompt goes there and copies 21 tokens ...
+    second = Request(header + [8, 9, 10, 11, 12, 13], 4)
+    sched.submit(second)
+    sched.step()
+    assert next(iter(sched.active)) == first_slot
+    assert sched.stats.prefix_tokens == 21
+    # ... and, while it runs, a third prompt copies the header plus 3 tokens from its slot.
+    third = Request(header + [8, 9, 10, 40], 4)
+    sched.submit(third)
+    sched.run()
+    assert sched.stats.prefix_tokens == 21 + 24
+    assert sched.stats.prefill_tokens == 24 + 6 + 1
+    # Logits from the copied prefix equal a plain forward over the whole sequence, at the
+    # prefill and at every decode step after it (1e-4: FP32 rounding, as above).
+    for req in (second, third):
+        seq = list(req.prompt)
+        for step, logits in enumerate(req.trace_rows):
+            assert np.abs(logits - full_logits(model, seq)).max() < 1e-4, step
+            seq.append(req.results[0].token_ids[step])
+
+
+def test_prefill_from_a_prefix_in_the_same_row_and_another(model):
+    cache = SlotKVCache(model, 2, 64, pad_id=0)
+    rng = np.random.default_rng(4)
+    a = [int(t) for t in rng.integers(1, VOCAB, size=30)]
+    b = a[:20] + [int(t) for t in rng.integers(1, VOCAB, size=7)]
+    c = a[:25] + [1, 2]
+    cache.prefill([a], [[0]])
+    # b reads a's first 20 tokens from row 0 and lands in row 1; c reads row 0 and overwrites it.
+    logits = cache.prefill([b, c], [[1], [0]], [(0, 20), (0, 25)])
+    for i, seq in enumerate((b, c)):
+        assert np.abs(logits[i] - full_logits(model, seq)).max() < 1e-4
+    with pytest.raises(ValueError, match="prefix"):
+        cache.prefill([b], [[1]], [(0, len(b))])
+
+
+def test_nucleus_equals_the_stable_argsort_definition():
+    from codegeex_ms.inference.sampling import _nucleus
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        size = int(rng.choice([5, 300, 4000]))
+        x = rng.standard_normal(size) * rng.choice([0.1, 1.0, 5.0, 30.0])
+        if trial % 3 == 0:
+            x = np.round(x, 1)            # many equal probabilities: lower ids go first
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        top_p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.999]))
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]
+        np.testing.assert_array_equal(_nucleus(p, top_p), np.sort(order[before < top_p]))
+    # Two equal most likely tokens and top_p reached by the first: the lower id only.
+    np.testing.assert_array_equal(_nucleus(np.array([0.1, 0.4, 0.4, 0.1]), 0.3), [1])

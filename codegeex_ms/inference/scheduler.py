@@ -4,7 +4,11 @@ A :class:`SlotScheduler` owns a :class:`~codegeex_ms.model.kv_cache.SlotKVCache`
 rows. Each :meth:`~SlotScheduler.step` first admits waiting sample rows into free slots — their
 prompts are prefilled in bucketed batches, one prefill per distinct prompt, whose cache is then
 copied into every slot that continues it (``n`` samples of one prompt, or identical prompts of
-different requests) — and then runs one decode step over the whole pool. A row that ends (EOS,
+different requests) — and then runs one decode step over the whole pool. A prompt that begins
+with tokens some slot already holds (an active row's prompt and output so far, or what a freed
+slot last held: HumanEval-X prompts of one language share a header, IDE requests resend the
+file) starts from a copy of that slot's cache and prefills only the rest; a row is put
+preferably into the free slot that holds the longest prefix of its prompt. A row that ends (EOS,
 stop string, stop rule, length, cancellation) frees its slot at once, so the next step can give
 it to a waiting row. Rows are admitted strictly first come, first served: nothing starves.
 
@@ -79,8 +83,10 @@ class SchedulerStats:
 
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    model_s: float = 0.0          # inside SlotKVCache.prefill/forward called here (not speculative steps)
     prefill_calls: int = 0
-    prefill_tokens: int = 0       # real prompt tokens prefilled (shared prompts counted once)
+    prefill_tokens: int = 0       # real prompt tokens computed (shared prompts counted once)
+    prefix_tokens: int = 0        # prompt tokens copied from a slot's cache instead
     decode_steps: int = 0
     generated_tokens: int = 0
     spec_proposed: int = 0
@@ -95,6 +101,15 @@ def _stable_length(text: str, holdback: int) -> int:
     while end > 0 and text[end - 1] == "\ufffd":
         end -= 1
     return max(end, 0)
+
+
+def _common_prefix(a: list, b: list) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
 
 
 class _Row:
@@ -129,14 +144,17 @@ class SlotScheduler:
     ``tokenizer`` needs ``decode(list[int]) -> str``; ``eod`` ends a sample, ``pad`` fills
     unused inputs, tokens at or above ``real_vocab_size`` are never chosen. ``share_prompts``:
     rows admitted together with equal prompts share one prefill (off: one prefill per row, for
-    comparison). Not thread-safe:
+    comparison). ``share_prefixes``: a prompt whose first ``min_prefix`` or more tokens some slot
+    holds copies them instead of computing them. Not thread-safe:
     one thread calls :meth:`submit`/:meth:`step` (``Request.cancelled`` may be set from any).
     """
 
     def __init__(self, cache, tokenizer, *, eod: int, real_vocab_size: int, speculative=None,
-                 share_prompts: bool = True):
+                 share_prompts: bool = True, share_prefixes: bool = True, min_prefix: int = 16):
         self.cache = cache
         self.share_prompts = share_prompts
+        self.share_prefixes, self.min_prefix = share_prefixes, max(1, min_prefix)
+        self.held = {}                   # free slot -> tokens its cache positions 0.. still hold
         self.tokenizer = tokenizer
         self.eod, self.real_vocab = eod, real_vocab_size
         self.speculative = speculative
@@ -172,6 +190,7 @@ class SlotScheduler:
         self.free = list(range(self.cache.slots - 1, -1, -1))
         self.active.clear()
         self.waiting.clear()
+        self.held.clear()
 
     @property
     def idle(self) -> bool:
@@ -200,7 +219,9 @@ class SlotScheduler:
         starts = np.zeros(p, np.int64)
         for slot, row in self.active.items():
             tokens[slot, 0], starts[slot] = row.next, row.pos
+        t0 = time.perf_counter()
         logits = self.cache.forward(tokens, starts)
+        self.stats.model_s += time.perf_counter() - t0
         self.stats.decode_steps += 1
         rows = list(self.active.values())
         for row in rows:
@@ -216,7 +237,7 @@ class SlotScheduler:
             if row.request.cancelled:
                 self._finish_unstarted(row)
                 continue
-            row.slot = self.free.pop()
+            row.slot = self._take_slot(row.request.prompt)
             taken.append(row)
         if not taken:
             return
@@ -232,18 +253,58 @@ class SlotScheduler:
                     [len(groups[q][0].request.prompt) for q in batch + prompts[:1]]):
                 batch.append(prompts.pop(0))
             tokens = [groups[q][0].request.prompt for q in batch]
-            logits = self.cache.prefill(tokens, [[r.slot for r in groups[q]] for q in batch])
+            prefixes = [self._prefix_source(t) for t in tokens] if self.share_prefixes else None
+            t1 = time.perf_counter()
+            logits = self.cache.prefill(tokens, [[r.slot for r in groups[q]] for q in batch], prefixes)
+            self.stats.model_s += time.perf_counter() - t1
             self.stats.prefill_calls += 1
-            self.stats.prefill_tokens += sum(len(t) for t in tokens)
+            reused = sum(m for _, m in filter(None, prefixes or []))
+            self.stats.prefix_tokens += reused
+            self.stats.prefill_tokens += sum(len(t) for t in tokens) - reused
             rows, picked = [], []
             for i, q in enumerate(batch):
                 for row in groups[q]:
+                    self.held.pop(row.slot, None)
                     row.pos = len(tokens[i])
                     self.active[row.slot] = row
                     rows.append(row)
                     picked.append(i)
             self._advance(rows, logits[picked])
         self.stats.prefill_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ prefix reuse
+
+    def _held_tokens(self, slot: int) -> list:
+        """The tokens whose keys/values slot ``slot`` holds at positions 0.. (may be empty)."""
+        row = self.active.get(slot)
+        if row is None:
+            return self.held.get(slot, [])
+        prompt = row.request.prompt
+        return list(prompt) + row.tokens[:row.pos - len(prompt)]
+
+    def _take_slot(self, prompt: list) -> int:
+        """A free slot for a row continuing ``prompt``: the one holding the longest prefix of it
+        (at least ``min_prefix`` tokens), else the lowest."""
+        best, best_len = None, self.min_prefix - 1
+        if self.share_prefixes:
+            for slot in self.free:
+                n = _common_prefix(prompt, self.held.get(slot, []))
+                if n > best_len:
+                    best, best_len = slot, n
+        if best is None:
+            return self.free.pop()
+        self.free.remove(best)
+        return best
+
+    def _prefix_source(self, prompt: list):
+        """``(slot, m)``: a slot whose cache holds ``prompt[:m]`` (m >= min_prefix, m < len(prompt),
+        the longest), or None."""
+        best = None
+        for slot in list(self.active) + list(self.held):
+            m = min(_common_prefix(prompt, self._held_tokens(slot)), len(prompt) - 1)
+            if m >= self.min_prefix and (best is None or m > best[1]):
+                best = (slot, m)
+        return best
 
     # ------------------------------------------------------------------ tokens
 
@@ -316,6 +377,7 @@ class SlotScheduler:
         text = row.final_text if row.final_text is not None else row.text.text
         self._stream(row, len(text))
         if row.slot >= 0:
+            self.held[row.slot] = self._held_tokens(row.slot)
             del self.active[row.slot]
             self.free.append(row.slot)
         req = row.request

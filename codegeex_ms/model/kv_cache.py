@@ -177,18 +177,23 @@ def slot_write_index(rows: np.ndarray, heads: int, starts: np.ndarray, length: i
 
 class _CopyRows(nn.Cell):
     """``construct(src_rows [M], index [M,N,S,3])``: for every layer, writes source cache rows
-    ``src_rows`` (each [N, S, D]) into the destination caches at ``index``."""
+    ``src_rows`` (each [N, S, D]; with ``length``, their first S = ``length`` positions) into the
+    destination caches at ``index``."""
 
-    def __init__(self, src_keys, src_values, dst_keys, dst_values):
+    def __init__(self, src_keys, src_values, dst_keys, dst_values, length: int = None):
         super().__init__()
         self.src = src_keys + src_values
         self.dst = dst_keys + dst_values
+        self.length = length
         self.gather = ops.Gather()
         self.scatter = ops.ScatterNdUpdate()
 
     def construct(self, src_rows, index):
         for src, dst in zip(self.src, self.dst):
-            self.scatter(dst, index, self.gather(src, src_rows, 0))
+            rows = self.gather(src, src_rows, 0)
+            if self.length is not None:
+                rows = rows[:, :, :self.length, :]
+            self.scatter(dst, index, rows)
         return src_rows
 
 
@@ -207,7 +212,8 @@ class SlotKVCache:
     (decode: S = 1; speculative verification: S = k + 1) over the whole pool — one graph per S.
     :meth:`prefill` runs prompts in a scratch cache of a bucketed (rows, length) shape with
     causal attention over the prompt only, then copies each prompt's keys/values into any number
-    of pool rows (``n`` samples of one prompt prefill once). Shapes are powers of two, so a
+    of pool rows (``n`` samples of one prompt prefill once); a prompt whose first tokens a pool
+    row already holds starts from a copy of them and computes only the rest. Shapes are powers of two, so a
     steady workload compiles nothing new; :attr:`shapes` records every (kind, shape) seen, the
     graph-compile count of graph mode.
     """
@@ -228,7 +234,7 @@ class SlotKVCache:
         self._step = _CachedStep(model, self.keys, self.values)
         self._zeros = Tensor(np.zeros(slots, np.int32))      # no padding in the pool
         self._picks = {}          # (S, all) -> pick Tensor
-        self._scratch = {}        # (rows, length) -> (step cell, copy cell)
+        self._scratch = {}        # (rows, length) -> (step cell, copy-out cell, copy-in cell)
         self.shapes = set()       # every (kind, shape) run: each is one compiled graph
 
     def compiled_graphs(self) -> int:
@@ -275,28 +281,52 @@ class SlotKVCache:
         if key not in self._scratch:
             k, v = _kv_parameters(self.cfg, f"prefill_{rows}x{length}", rows, length, self.dtype)
             self._scratch[key] = (_CachedStep(self.model, k, v),
-                                  _CopyRows(k, v, self.keys, self.values))
+                                  _CopyRows(k, v, self.keys, self.values),
+                                  _CopyRows(self.keys, self.values, k, v, length))
         return self._scratch[key]
 
-    def prefill(self, prompts: list, dests: list) -> np.ndarray:
+    def prefill(self, prompts: list, dests: list, prefixes: list = None) -> np.ndarray:
         """Prefill ``prompts`` (token lists) and copy prompt i's cache into pool rows ``dests[i]``.
 
-        Returns FP32 logits [len(prompts), V] of each prompt's last token. Positions beyond a
-        prompt in its rows hold garbage until the row's decoding overwrites them.
+        ``prefixes[i]`` (optional): None, or ``(row, m)`` when pool row ``row`` holds the keys and
+        values of ``prompts[i][:m]`` at positions 0..m-1 (1 <= m < len(prompts[i])): they are
+        copied, and only the last tokens are computed — a window of a power-of-two length W
+        (at least 16) shared by the call, right-aligned on each prompt, so at most ``len - W``
+        tokens are copied and up to ``W - (len - m)`` copied ones are computed again. Every
+        source row is read before any destination row is written (a source may also be a
+        destination). Returns FP32 logits [len(prompts), V] of each prompt's last token.
+        Positions beyond a prompt in its rows hold garbage until the row's decoding overwrites them.
         """
         lengths = [len(t) for t in prompts]
         if min(lengths) < 1 or max(lengths) > self.length:
             raise ValueError(f"prompt lengths must be 1..{self.length}, got {lengths}")
+        prefixes = list(prefixes) if prefixes is not None else [None] * len(prompts)
+        for n, pre in zip(lengths, prefixes):
+            if pre is not None and not (0 <= pre[0] < self.slots and 1 <= pre[1] < n):
+                raise ValueError(f"prefix {pre} must name a pool row < {self.slots} and 1 <= m < "
+                                 f"the prompt's {n} tokens")
         rows, length = self.prefill_shape(lengths)
-        step, copy = self._scratch_cells(rows, length)
-        ids = np.full((rows, length), self.pad_id, np.int32)
+        step, copy, load = self._scratch_cells(rows, length)
+        todo = max(n - (pre[1] if pre else 0) for n, pre in zip(lengths, prefixes))
+        window = min(max(_pow2_at_least(todo), 16), length)
+        starts = np.zeros(rows, np.int32)
+        ids = np.full((rows, window), self.pad_id, np.int32)
         pick = np.zeros((rows, 1), np.int32)
         for i, toks in enumerate(prompts):
-            ids[i, :len(toks)] = toks
-            pick[i, 0] = len(toks) - 1
-        zeros = Tensor(np.zeros(rows, np.int32))
-        self.shapes.add(("prefill", rows, length))
-        logits = step(Tensor(ids), zeros, zeros, Tensor(pick)).asnumpy()
+            starts[i] = max(0, len(toks) - window)
+            ids[i, :len(toks) - starts[i]] = toks[starts[i]:]
+            pick[i, 0] = len(toks) - 1 - starts[i]
+        loads = [(i, pre[0]) for i, pre in enumerate(prefixes) if pre is not None]
+        if loads:
+            m = _pow2_at_least(len(loads))
+            loads += [loads[-1]] * (m - len(loads))     # repeats write the same values again
+            self.shapes.add(("load", m, rows, length))
+            load(Tensor(np.array([src for _, src in loads], np.int32)),
+                 Tensor(slot_write_index(np.array([i for i, _ in loads]), self.cfg.num_heads,
+                                         np.zeros(m, np.int64), length)))
+        self.shapes.add(("prefill", rows, length, window))
+        logits = step(Tensor(ids), Tensor(starts), Tensor(np.zeros(rows, np.int32)),
+                      Tensor(pick)).asnumpy()
         pairs = [(i, d) for i, ds in enumerate(dests) for d in ds]
         if pairs:
             m = _pow2_at_least(len(pairs))
