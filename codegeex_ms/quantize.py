@@ -114,8 +114,9 @@ def load_quantized(net, path) -> list:
 
 
 def map_safetensors(path) -> dict:
-    """Name -> read-only NumPy view of each tensor of safetensors file ``path``, memory-mapped:
-    nothing is read until used, and the pages are the page cache's (no private copy).
+    """Name -> NumPy view of each tensor of safetensors file ``path``, memory-mapped copy-on-write:
+    nothing is read until used, the pages are the page cache's (no private copy), and a write to
+    a view (e.g. a training step on a parameter) copies only the page it touches, never the file.
 
     A file this project wrote is checked against its manifest first (size always; the sha256 of
     the whole file unless a stamp of an earlier full check still matches the file's size, mtime
@@ -128,7 +129,7 @@ def map_safetensors(path) -> dict:
         infos = dict(reader.infos)
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
-    data = np.memmap(path, np.uint8, "r")
+    data = np.memmap(path, np.uint8, "c")
     views, offset = {}, 8 + header_len
     for name, info in infos.items():   # stored back to back in this order (checked by the reader)
         nbytes = info.numel * dtypes.itemsize(info.dtype)
