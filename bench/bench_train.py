@@ -10,7 +10,9 @@ round) so a shared machine's load falls on both alike.
 
 Printed per shape and dropout setting: median step time, tokens/s, achieved model GFLOP/s, the
 fraction of the measured GEMM peak (a 2048³ FP32 MatMul, best of measurements before and after),
-the ratio project/PyTorch (median of the per-round ratios) and its spread (min–max over rounds).
+the ratio project/PyTorch (median of the per-round ratios) and its spread (min–max over rounds),
+the cores each side kept busy (process CPU time / wall time) and the machine's 1-minute load
+average over the run (other jobs on a shared machine slow both sides, not necessarily alike).
 
     python bench/bench_train.py [--shapes small,medium] [--dropout off,on] [--rounds 4]
                                 [--steps 3] [--threads 2] [--json PATH]
@@ -157,9 +159,10 @@ def synthetic_batch(cfg, rng):
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """``(wall seconds, process CPU seconds (all threads), fn())``."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def bench_case(shape, dropout, rounds, steps, seed=0):
@@ -172,11 +175,13 @@ def bench_case(shape, dropout, rounds, steps, seed=0):
     ms_trainer = Trainer(cfg, Topology(), "CPU")
     pt_trainer = TorchTrainer(cfg, ms_trainer.model_weights())
     first = synthetic_batch(cfg, rng)
-    compile_s, (ms_loss0, *_) = timed(lambda: ms_trainer.run_step([first], 0))
-    _, pt_loss0 = timed(lambda: pt_trainer.run_step(first))
+    compile_s, _, (ms_loss0, *_) = timed(lambda: ms_trainer.run_step([first], 0))
+    _, _, pt_loss0 = timed(lambda: pt_trainer.run_step(first))
     micro = 1
     times = {"project": [], "torch": []}
+    cpu = {"project": [], "torch": []}
     ratios = []
+    load = [os.getloadavg()[0]]
     for r in range(rounds):
         batches = [synthetic_batch(cfg, rng) for _ in range(steps)]
         per = {"project": [], "torch": []}
@@ -184,14 +189,16 @@ def bench_case(shape, dropout, rounds, steps, seed=0):
         for side in order:
             for i, batch in enumerate(batches):
                 if side == "project":
-                    dt, _ = timed(lambda b=batch, k=micro + i: ms_trainer.run_step([b], k))
+                    dt, dc, _ = timed(lambda b=batch, k=micro + i: ms_trainer.run_step([b], k))
                 else:
-                    dt, _ = timed(lambda b=batch: pt_trainer.run_step(b))
+                    dt, dc, _ = timed(lambda b=batch: pt_trainer.run_step(b))
                 per[side].append(dt)
+                cpu[side].append(dc)
         micro += steps
         for side in per:
             times[side].extend(per[side])
         ratios.append(statistics.median(per["torch"]) / statistics.median(per["project"]))
+        load.append(os.getloadavg()[0])
     m, t = cfg.model, cfg.train
     tokens = t.micro_batch_size * t.seq_length
     from codegeex_ms.train.metrics import flops_per_token  # pylint: disable=import-outside-toplevel
@@ -201,11 +208,12 @@ def bench_case(shape, dropout, rounds, steps, seed=0):
            "tokens_per_step": tokens, "model_flops_per_step": flops, "compile_s": compile_s,
            "first_loss": {"project": ms_loss0, "torch": pt_loss0}, "rounds": rounds, "steps": steps,
            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-           "ratios": ratios}
+           "ratios": ratios, "load_avg_1min": load}
     for side, ts in times.items():
         step_s = statistics.median(ts)
         row[side] = {"step_s": step_s, "step_s_min": min(ts), "step_s_max": max(ts),
-                     "tokens_per_s": tokens / step_s, "gflops": flops / step_s / 1e9}
+                     "tokens_per_s": tokens / step_s, "gflops": flops / step_s / 1e9,
+                     "cores_used": statistics.median(c / t for c, t in zip(cpu[side], ts))}
     return row
 
 
@@ -238,7 +246,7 @@ def main(argv=None) -> int:
     print(f"FP32, {args.threads} threads each, {args.rounds} interleaved rounds x {args.steps} steps per "
           f"side; GEMM peak {peak / 1e9:.1f} GFLOP/s (2048^3 MatMul; {', '.join(f'{p / 1e9:.1f}' for p in peaks)})")
     head = (f"{'shape':<7} {'drop':>4} {'side':<8} {'step s':>7} {'min-max s':>12} {'tok/s':>6} "
-            f"{'GFLOP/s':>8} {'% peak':>6} {'ratio (min-max)':>18}")
+            f"{'GFLOP/s':>8} {'% peak':>6} {'cores':>5} {'ratio (min-max)':>18} {'load':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -247,9 +255,10 @@ def main(argv=None) -> int:
             x["peak_fraction"] = x["gflops"] * 1e9 / peak
             ratio = (f"{r['ratio_median']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
                      if side == "project" else "")
+            load = f"{min(r['load_avg_1min']):.1f}-{max(r['load_avg_1min']):.1f}" if side == "project" else ""
             print(f"{r['shape']:<7} {r['dropout']:>4} {side:<8} {x['step_s']:>7.3f} "
                   f"{x['step_s_min']:>5.2f}-{x['step_s_max']:<5.2f} {x['tokens_per_s']:>6.0f} "
-                  f"{x['gflops']:>8.1f} {x['peak_fraction']:>6.1%} {ratio:>18}")
+                  f"{x['gflops']:>8.1f} {x['peak_fraction']:>6.1%} {x['cores_used']:>5.2f} {ratio:>18} {load:>9}")
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "matmul_peak_flops": peak,
                                                "matmul_peak_samples": peaks, "rows": rows}, indent=1))
