@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--problems", type=_int_list, help="problem numbers, e.g. '0,5,10-12'")
     g = p.add_argument_group("generate")
     g.add_argument("--generator", choices=("model", "canonical"), default="model",
-                   help="'model': codegeex_ms.generate.load_generator; 'canonical': dataset "
+                   help="'model': codegeex_ms.inference.loading.load_generator; 'canonical': dataset "
                         "solutions (harness check)")
     cli_common.add_config_args(g)
     cli_common.add_checkpoint_arg(g, required=False, help_text="model checkpoint (for --generator model)")
@@ -133,11 +133,11 @@ def _check_run_config(path: Path, current: dict) -> None:
 
 
 def _model_generate_fn(args):
-    """generate_fn over ``codegeex_ms.generate.load_generator`` (imports MindSpore lazily)."""
+    """generate_fn over ``codegeex_ms.inference.loading.load_generator`` (imports MindSpore lazily)."""
     missing = [f"--{n}" for n in ("config", "checkpoint") if not getattr(args, n)]
     if missing:
         raise SystemExit(f"--generator model needs {', '.join(missing)}")
-    from .generate import load_generator
+    from .inference.loading import load_generator
     from .inference.sampling import SamplingParams
     generator = load_generator(cli_common.config_for_checkpoint(args, args.checkpoint),
                                args.checkpoint, args.tokenizer_dir,

@@ -16,33 +16,9 @@ import argparse
 import sys
 
 from codegeex_ms import cli_common
+from codegeex_ms.humaneval.stopping import language_stop
+from codegeex_ms.inference.loading import load_generator
 from codegeex_ms.inference.prompts import TASKS
-
-
-def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode: str = "graph",
-                   device_target: str | None = None, adapter: str | None = None):
-    """A ready :class:`~codegeex_ms.inference.generator.Generator` for a config and checkpoint.
-
-    ``checkpoint`` may be a MindSpore .ckpt/.safetensors, an INT8 checkpoint written by
-    ``codegeex_ms.quantize``, or a release-layout .pt. ``adapter``: a LoRA adapter file applied
-    over it without merging (:func:`codegeex_ms.lora.load_model_with_adapter`).
-    """
-    from codegeex_ms import runtime
-    from codegeex_ms.inference.generator import Generator
-    from codegeex_ms.model.build import load_model
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
-
-    tokenizer = CodeGeeXTokenizer.from_dir(tokenizer_dir or cfg.tokenizer.path or None)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                         f"{cfg.model.vocab_size} vocabulary rows: wrong --tokenizer-dir or config?")
-    runtime.setup(mode, device_target)
-    if adapter:
-        from codegeex_ms.lora import load_model_with_adapter
-        model = load_model_with_adapter(cfg.model, checkpoint, adapter)
-    else:
-        model = load_model(cfg.model, checkpoint)
-    return Generator(model, tokenizer, cfg.inference.max_length)
 
 
 def build_prompt(args, code: str) -> str:
@@ -59,18 +35,6 @@ def build_prompt(args, code: str) -> str:
             raise SystemExit("--task explain needs --language (the language of the code)")
         return explanation_prompt(code, args.language, languages)
     return completion_prompt(code, args.language, languages)
-
-
-def language_stop_fn(language: str):
-    """Stop rule of reference section 7 for the HumanEval-X languages (None for others):
-    ``text -> text cut at the end of the function, or None while unfinished``, which the
-    generator applies incrementally (see :class:`~codegeex_ms.humaneval.stopping.LanguageStop`)."""
-    from codegeex_ms.data.languages import get_language
-    from codegeex_ms.humaneval.stopping import LanguageStop
-    try:
-        return LanguageStop(get_language(language).key)
-    except ValueError:
-        return None
 
 
 def read_prompt(args) -> str:
@@ -145,7 +109,7 @@ def main(argv=None) -> int:
         raise SystemExit(str(e)) from None
     stop_fn = None
     if args.task in ("complete", "translate") and args.language and not args.no_language_stop:
-        stop_fn = language_stop_fn(args.language)
+        stop_fn = language_stop(args.language)
 
     try:
         generator = load_generator(cfg, args.checkpoint, args.tokenizer_dir, args.mode, args.device_target,

@@ -50,10 +50,6 @@ KNOWN_COMMAND_IMPORTS = {
     # model/build.py loads INT8 checkpoints through the quantize command module; quantization
     # belongs in model/quant.py (or a quant/ package).
     ("model.build", "quantize"),
-    # serve/__main__.py and evaluate.py load the model through generate.py's load_generator and
-    # take its language_stop_fn; loading a generator belongs in inference/.
-    ("serve.__main__", "generate"),
-    ("evaluate", "generate"),
     # dryrun.py reuses plan.py's budget formulas; they belong in one library module.
     ("dryrun", "plan"),
 }

@@ -277,7 +277,7 @@ def test_generate_with_adapter_equals_generate_with_merged_checkpoint(tmp_path):
     the same greedy tokens, through the KV cache, as the FP32 merged checkpoint, and not the
     base's. Greedy argmax over logits that agree to ~1e-6 (see the merge test) picks the same
     tokens unless two logits tie within that; with random weights and 8 steps none do."""
-    from codegeex_ms.generate import load_generator
+    from codegeex_ms.inference.loading import load_generator
     from codegeex_ms.inference.sampling import SamplingParams
     from codegeex_ms.lora import save_adapter
     from codegeex_ms.lora.merge import merge_adapter

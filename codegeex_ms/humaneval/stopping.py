@@ -147,6 +147,15 @@ class LanguageStop:
         return None if end is None else text[:end]
 
 
+def language_stop(language: str) -> Optional[LanguageStop]:
+    """The stop rule of ``language`` (any name or alias of a HumanEval-X language), or None for a
+    language without one; what generate, evaluate and serve hand to the generator."""
+    try:
+        return LanguageStop(language)
+    except ValueError:
+        return None
+
+
 def make_stop_fn(language: str) -> IncrementalStopFn:
     """A one-argument ``stop_fn(completion_text) -> bool`` for ``language``, for generate_fn."""
     return IncrementalStopFn(language)

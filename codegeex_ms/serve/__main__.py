@@ -64,7 +64,8 @@ def parse_args(argv=None):
 def build_context(args, cfg):
     """Load the model, tokenizer and language tags into a :class:`~.app.ServeContext`."""
     from codegeex_ms.data.languages import Languages
-    from codegeex_ms.generate import language_stop_fn, load_generator
+    from codegeex_ms.humaneval.stopping import language_stop
+    from codegeex_ms.inference.loading import load_generator
     from codegeex_ms.serve.app import ServeContext
     from codegeex_ms.serve.schemas import Limits
     from codegeex_ms.serve.worker import ModelWorker
@@ -76,13 +77,13 @@ def build_context(args, cfg):
     scheduler = generator.slot_scheduler(
         args.max_batch, prefill_tokens=args.prefill_tokens,
         speculative=PromptLookup(args.speculative) if args.speculative else None)
-    worker = ModelWorker(scheduler, max_queue=args.max_queue, stop_rules=language_stop_fn)
+    worker = ModelWorker(scheduler, max_queue=args.max_queue, stop_rules=language_stop)
     return ServeContext(
         worker=worker, tokenizer=generator.tokenizer, languages=languages, defaults=cfg.inference,
         limits=Limits(generator.max_length, args.max_request_rows,
                       vocab_size=generator.tokenizer.vocab_size),
         model_name=args.model_name or Path(args.checkpoint).stem,
-        stop_languages=frozenset(n for n in languages.names if language_stop_fn(n) is not None),
+        stop_languages=frozenset(n for n in languages.names if language_stop(n) is not None),
         max_body_bytes=args.max_body_kb * 1024)
 
 
