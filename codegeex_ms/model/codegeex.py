@@ -98,6 +98,7 @@ class LanguageModel(nn.Cell):
         return self.transformer(h, mask, query_emb, key_caches, value_caches, index)
 
 
+_ITEMSIZE = {ms.float16: 2, ms.bfloat16: 2, ms.float32: 4}
 HEAD_CHUNK_ROWS = 2048
 """Vocabulary rows the tied head widens at a time when the compute dtype is wider than the
 table's (e.g. FP16 table, FP32 compute): 2048 × hidden 5120 × 4 B = 40 MiB live, not the whole
@@ -136,7 +137,7 @@ class CodeGeeX(nn.Cell):
         self.reshape = ops.Reshape()
         self.compute_dtype = self.language_model.embedding.word_embeddings.out_dtype
         table_dtype = self.language_model.embedding.word_embeddings.weight.dtype
-        widening = ms.dtype_to_nptype(self.compute_dtype)().itemsize > ms.dtype_to_nptype(table_dtype)().itemsize
+        widening = _ITEMSIZE[self.compute_dtype] > _ITEMSIZE[table_dtype]
         self.head_spans = head_chunks(cfg.vocab_size, HEAD_CHUNK_ROWS) if widening else ()
         self.head_fused = (f16w_matmul(cfg.fused_kernels)
                            if widening and table_dtype == ms.float16 and self.compute_dtype == ms.float32 else None)
