@@ -3,6 +3,8 @@
 import mindspore as ms
 from mindspore import nn, ops
 
+from codegeex_ms.ops.fused import fused_cross_entropy
+
 
 class CrossEntropy(nn.Cell):
     """Masked mean cross-entropy.
@@ -14,12 +16,16 @@ class CrossEntropy(nn.Cell):
     splits the rows or the vocabulary over several devices, as ``sum(logits * one_hot(label))``
     with primitives that can be split by rows (dp) and vocabulary (mp). Both give the same bits
     (adding zeros is exact), forward and backward; the gather saves building, multiplying and
-    reducing a [N, V] one-hot matrix and its gradient.
+    reducing a [N, V] one-hot matrix and its gradient. Unsharded, ``fused`` (auto | on | off)
+    selects the CPU cross-entropy kernel (``codegeex_ms.ops.fused.fused_cross_entropy``: two passes
+    over the logits forward and two backward; same value up to FP32 rounding).
     """
 
-    def __init__(self, vocab_size):
+    def __init__(self, vocab_size, fused="off"):
         super().__init__()
         self.vocab_size = vocab_size
+        kernel = fused_cross_entropy(fused)
+        self.fused = kernel.forward if kernel is not None else None
         self.max = ops.ReduceMax(keep_dims=True)
         self.sub = ops.Sub()
         self.exp = ops.Exp()
@@ -36,6 +42,8 @@ class CrossEntropy(nn.Cell):
 
     def shard(self, dp, mp):
         self.use_gather = dp * mp == 1
+        if not self.use_gather:
+            self.fused = None  # the custom kernel has no shard strategy
         self.max.shard(((dp, mp),))
         self.sub.shard(((dp, mp), (dp, 1)))
         self.exp.shard(((dp, mp),))
@@ -53,6 +61,10 @@ class CrossEntropy(nn.Cell):
 
     def construct(self, logits, labels, mask):
         logits = self.cast(logits, ms.float32)
+        mask = self.cast(mask, ms.float32).reshape(-1)
+        if self.fused is not None:
+            per_token = self.fused(logits, labels)
+            return (per_token * mask).sum() / ops.maximum(mask.sum(), 1.0)
         m = ops.stop_gradient(self.max(logits, -1))
         shifted = self.sub(logits, m)
         lse = self.log(self.sum_exp(self.exp(shifted), -1))
@@ -62,7 +74,6 @@ class CrossEntropy(nn.Cell):
             onehot = self.onehot(labels, self.vocab_size, self.on, self.off)
             picked = self.pick(self.mul(shifted, onehot), -1)
         per_token = (lse - picked).reshape(-1)
-        mask = self.cast(mask, ms.float32).reshape(-1)
         return (per_token * mask).sum() / ops.maximum(mask.sum(), 1.0)
 
 
@@ -77,7 +88,7 @@ class CodeGeeXWithLoss(nn.Cell):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.loss = CrossEntropy(model.config.vocab_size)
+        self.loss = CrossEntropy(model.config.vocab_size, model.config.fused_kernels)
 
     def construct(self, input_ids, labels, position_ids, attention_mask, loss_mask):
         logits = self.model(input_ids, position_ids, attention_mask)

@@ -1,7 +1,7 @@
 """The fused kernels as trainable ``ops.Custom`` primitives, chosen by device target.
 
-``fused_fast_gelu(mode)``, ``fused_masked_softmax(mode)``, ``fused_stateless_dropout(mode)`` and
-``fused_layer_norm(mode)`` (the last two CPU only) return a ``FusedOp`` (forward and backward primitives, the forward carrying a
+``fused_fast_gelu(mode)``, ``fused_masked_softmax(mode)``, ``fused_stateless_dropout(mode)``,
+``fused_layer_norm(mode)`` and ``fused_cross_entropy(mode)`` (the last three CPU only) return a ``FusedOp`` (forward and backward primitives, the forward carrying a
 ``bprop``) or ``None`` when the built-in operators should be used:
 
 - ``"off"``: always ``None``;
@@ -41,6 +41,7 @@ CPU_GPU_SYMBOLS = {
     "masked_softmax": ("MaskedSoftmaxForward", "MaskedSoftmaxBackward"),
     "stateless_dropout": ("StatelessDropoutForward", "StatelessDropoutBackward"),
     "layer_norm": ("LayerNormForward", "LayerNormBackward"),
+    "cross_entropy": ("CrossEntropyForward", "CrossEntropyBackward"),
 }
 
 logger = logging.getLogger("codegeex_ms")
@@ -293,4 +294,48 @@ def fused_layer_norm(mode: str) -> Optional[FusedOp]:
 
     forward = ops.Custom(names[0], out_shape=_layer_norm_shape, out_dtype=_layer_norm_dtype, func_type="aot",
                          bprop=bprop)
+    return FusedOp(forward, backward)
+
+
+# ------------------------------------------------------------------------ cross-entropy
+
+def _ce_shape(logits_shape, labels_shape):
+    if len(logits_shape) < 1 or list(labels_shape) != list(logits_shape[:-1]):
+        raise ValueError(f"fused cross-entropy needs logits [..., V] and labels [...]; got "
+                         f"{tuple(logits_shape)}, {tuple(labels_shape)}")
+    return labels_shape
+
+
+def _ce_dtype(logits_dtype, labels_dtype):
+    if _elem(logits_dtype) != ms.float32 or _elem(labels_dtype) != ms.int32:
+        raise TypeError(f"fused cross-entropy takes float32 logits and int32 labels, got {logits_dtype}, "
+                        f"{labels_dtype}")
+    return logits_dtype
+
+
+def _ce_grad_shape(logits_shape, labels_shape, dloss_shape):  # pylint: disable=unused-argument
+    return logits_shape
+
+
+def _ce_grad_dtype(logits_dtype, labels_dtype, dloss_dtype):  # pylint: disable=unused-argument
+    return _ce_dtype(logits_dtype, labels_dtype)
+
+
+def fused_cross_entropy(mode: str) -> Optional[FusedOp]:
+    """Per-token softmax cross-entropy ``logsumexp(logits) - logits[label]`` (CPU only), or None.
+
+    Forward inputs: logits [..., V] FP32, labels [...] int32; output loss [...] FP32. Backward:
+    (logits, labels, dloss) → ``(softmax(logits) - one_hot(label)) * dloss``, the log-sum-exp
+    recomputed (``kernels/cross_entropy/cpu/cross_entropy.cc``).
+    """
+    names = _resolve("cross_entropy", mode)
+    if names is None:
+        return None
+    backward = ops.Custom(names[1], out_shape=_ce_grad_shape, out_dtype=_ce_grad_dtype, func_type="aot")
+    zeros_like = ops.ZerosLike()
+
+    def bprop(logits, labels, out, dout):  # pylint: disable=unused-argument
+        return backward(logits, labels, dout), zeros_like(labels)
+
+    forward = ops.Custom(names[0], out_shape=_ce_shape, out_dtype=_ce_dtype, func_type="aot", bprop=bprop)
     return FusedOp(forward, backward)
