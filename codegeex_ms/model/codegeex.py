@@ -149,7 +149,7 @@ class CodeGeeX(nn.Cell):
         return {"head": [(rows, h), (self.config.vocab_size, h)]}
 
     def logits(self, hidden):
-        """Tied head: hidden [..., H] → FP32 logits [..., vocab_size] (chunked, see the class)."""
+        """Tied head: hidden [..., H] → FP32 logits [..., vocab_size] (kernel or chunks: see the class)."""
         weight = self.language_model.embedding.word_embeddings.weight
         flat = self.reshape(self.cast(hidden, self.compute_dtype), (-1, self.config.hidden_size))
         if self.head_fused is not None and not self.training:
