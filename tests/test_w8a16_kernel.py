@@ -30,10 +30,10 @@ from codegeex_ms.ops.w8a16 import f16w_matmul, w8a16_matmul
 from codegeex_ms.quantize import quantize_into
 
 RNG = np.random.default_rng(99)
-# M, K, N. Decode path (M < 16): every tile and tail, K past one 2048 block, enough rows for two
-# threads (1, 4099, 301). GEMM path (M >= 16): partial x panels and weight-row tiles, K tails and
+# M, K, N. Decode path (M < 16): every tile and tail, K past 1024-wide blocks, enough weight bytes
+# for two threads (2, 4099, 4301: > 2 x 8 MiB). GEMM path (M >= 16): partial x panels and weight-row tiles, K tails and
 # several 256-wide K blocks, more than one task of 192 weight rows and of 256 x rows (threads).
-SHAPES = [(1, 1, 1), (1, 7, 3), (2, 33, 5), (3, 64, 9), (4, 17, 2), (5, 2051, 7), (1, 4099, 301),
+SHAPES = [(1, 1, 1), (1, 7, 3), (2, 33, 5), (3, 64, 9), (4, 17, 2), (5, 2051, 7), (1, 4099, 301), (2, 4099, 4301),
           (7, 8, 1), (8, 300, 37), (15, 129, 6), (6, 300, 4),
           (16, 1, 1), (16, 17, 2), (17, 300, 13), (33, 513, 37), (130, 40, 11), (130, 700, 391),
           (300, 600, 500)]

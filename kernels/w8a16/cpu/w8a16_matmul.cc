@@ -13,9 +13,9 @@
 // Two algorithms, by the number of activation rows M:
 //
 // * M < kGemmMinM (decode): memory-bound on w. Groups of 4 weight rows are widened in registers
-//   and multiplied with up to 4 x rows at a time (vector accumulators along k, horizontal sums at
-//   the end of a K block); for M > 4 the group's K block is re-read from L1, so every weight byte
-//   comes from memory once. Threads split the weight rows.
+//   and multiplied with up to kDecodeMR x rows at a time (vector accumulators along k, horizontal
+//   sums at the end of a K block); for M > kDecodeMR the group's K block is re-read from L1, so
+//   every weight byte comes from memory once. Threads split the weight rows.
 //
 // * M >= kGemmMinM (prefill): a GEMM computing yᵀ = w · xᵀ (GotoBLAS blocking). x is packed once
 //   into panels of kPanel rows, transposed to [k][kPanel] (zero-padded). A task owns kMC weight
@@ -43,11 +43,21 @@ using w8::V;
 
 // ---- shared sizes ----
 constexpr int64_t kGemmMinM = 16;             // x rows from which the GEMM path is used
-constexpr int64_t kDecodeKBlock = 2048;       // decode: K block (4 x rows of it = 32 KiB of FP32)
+constexpr int64_t kDecodeKBlock = 1024;       // decode: K block (8 x rows of it = 32 KiB of FP32)
 constexpr int64_t kDecodeGroup = 4;           // decode: weight rows per task unit
-constexpr int64_t kMinDecodeBytesPerThread = 1 << 19;  // ~50 us of weight streaming per thread
-constexpr int64_t kMinGemmMacsPerThread = 1 << 22;     // ~100 us of FMAs per thread
-// A thread costs ~20-50 us to start and join (cg::ParallelFor starts threads per call).
+#if defined(__AVX512F__)
+#define CG_DECODE_MR8 1
+constexpr int64_t kDecodeMR = 8;              // decode: x rows per tile (32 vector registers)
+#else
+#define CG_DECODE_MR8 0
+constexpr int64_t kDecodeMR = 4;              // decode: x rows per tile (16 vector registers)
+#endif
+// Threads: a helper thread pays off only for about a millisecond of work or more. Measured inside
+// MindSpore's CPU runtime (whose own worker threads keep the cores busy between operators), a
+// call that starts one helper thread took ~0.7 ms longer than the same call on one thread
+// (64 x 256 x 1024, graph mode, 2 cores), far more than the ~30 us a thread costs on an idle core.
+constexpr int64_t kMinDecodeBytesPerThread = 8 << 20;  // ~1 ms of weight streaming per thread
+constexpr int64_t kMinGemmMacsPerThread = 1 << 26;     // ~1 ms of FMAs per thread
 
 // ---- GEMM blocking (per ISA: registers and cache sizes) ----
 #if defined(__AVX512F__)
@@ -102,30 +112,43 @@ void Tile(const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, floa
   }
 }
 
-// Rows [0, mr) (mr <= 4) of x against nr <= kDecodeGroup weight rows, one K block.
+// Rows [0, mr) (mr <= kDecodeMR) of x against nr <= kDecodeGroup weight rows, one K block. Up to
+// 2 x rows: 4 weight rows at a time (M = 1 with two k-steps in flight, 8 accumulators); more x
+// rows: 2 weight rows at a time, mr x 2 accumulators (16 of AVX-512's 32 registers at mr = 8).
 template <typename W>
 void Group(int64_t mr, int64_t nr, const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, float *acc,
            int64_t ldy) {
-  if (nr == kDecodeGroup) {
+  if (mr == 1 && nr == kDecodeGroup) return Tile<1, 4, 2>(x, ldx, w, ldw, kn, acc, ldy);
+  if (mr == 2 && nr == kDecodeGroup) return Tile<2, 4, 1>(x, ldx, w, ldw, kn, acc, ldy);
+  int64_t n = 0;
+  for (; n + 2 <= nr; n += 2) {
+    const W *wn = w + n * ldw;
     switch (mr) {
-      case 1: Tile<1, 4, 2>(x, ldx, w, ldw, kn, acc, ldy); return;
-      case 2: Tile<2, 4, 1>(x, ldx, w, ldw, kn, acc, ldy); return;
-      case 3:
-        Tile<3, 2, 1>(x, ldx, w, ldw, kn, acc, ldy);
-        Tile<3, 2, 1>(x, ldx, w + 2 * ldw, ldw, kn, acc + 2, ldy);
-        return;
-      default:
-        Tile<4, 2, 1>(x, ldx, w, ldw, kn, acc, ldy);
-        Tile<4, 2, 1>(x, ldx, w + 2 * ldw, ldw, kn, acc + 2, ldy);
-        return;
+      case 1: Tile<1, 2, 2>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 2: Tile<2, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 3: Tile<3, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 4: Tile<4, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+#if CG_DECODE_MR8
+      case 5: Tile<5, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 6: Tile<6, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 7: Tile<7, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 8: Tile<8, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+#endif
     }
   }
-  for (int64_t n = 0; n < nr; ++n) {  // the last rows of w (N % 4)
+  if (n < nr) {  // the last row of w (N odd)
+    const W *wn = w + n * ldw;
     switch (mr) {
-      case 1: Tile<1, 1, 2>(x, ldx, w + n * ldw, ldw, kn, acc + n, ldy); break;
-      case 2: Tile<2, 1, 1>(x, ldx, w + n * ldw, ldw, kn, acc + n, ldy); break;
-      case 3: Tile<3, 1, 1>(x, ldx, w + n * ldw, ldw, kn, acc + n, ldy); break;
-      default: Tile<4, 1, 1>(x, ldx, w + n * ldw, ldw, kn, acc + n, ldy); break;
+      case 1: Tile<1, 1, 2>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 2: Tile<2, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 3: Tile<3, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 4: Tile<4, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+#if CG_DECODE_MR8
+      case 5: Tile<5, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 6: Tile<6, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 7: Tile<7, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+      case 8: Tile<8, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
+#endif
     }
   }
 }
@@ -139,8 +162,8 @@ void DecodeRows(const float *x, const W *w, const float *scale, int64_t M, int64
     const int64_t nr = std::min(kDecodeGroup, ne - n);
     for (int64_t k0 = 0; k0 < K; k0 += kDecodeKBlock) {
       const int64_t kn = std::min(kDecodeKBlock, K - k0);
-      for (int64_t m = 0; m < M; m += 4) {
-        Group(std::min<int64_t>(4, M - m), nr, x + m * K + k0, K, w + n * K + k0, K, kn, acc + m * N + n, N);
+      for (int64_t m = 0; m < M; m += kDecodeMR) {
+        Group(std::min(kDecodeMR, M - m), nr, x + m * K + k0, K, w + n * K + k0, K, kn, acc + m * N + n, N);
       }
     }
   }
@@ -166,7 +189,7 @@ void Decode(const X *x_in, const W *w, const float *scale, int64_t M, int64_t K,
   }
   const int64_t groups = (N + kDecodeGroup - 1) / kDecodeGroup;
   const int64_t group_bytes = kDecodeGroup * std::max<int64_t>(K, 1) * static_cast<int64_t>(sizeof(W)) *
-                              ((M + 3) / 4);  // weight bytes streamed per group (re-reads from L1 included)
+                              ((M + kDecodeMR - 1) / kDecodeMR);  // weight bytes widened per group
   cg::ParallelFor(groups, (kMinDecodeBytesPerThread + group_bytes - 1) / group_bytes, [&](int64_t b, int64_t e) {
     DecodeRows(x, w, scale, M, K, N, b * kDecodeGroup, std::min(N, e * kDecodeGroup), acc);
   });
