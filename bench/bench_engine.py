@@ -1,14 +1,18 @@
 """The generation engine against today's static batching, in one run.
 
 1. pass@k sampling: ``--samples`` samples of each of ``--prompts`` HumanEval-X Python prompts
-   (T=0.8, top-p 0.95, the Python stop rule, ``--max-new`` tokens) three ways:
+   (T=0.8, top-p 0.95, the Python stop rule, ``--max-new`` tokens) four ways:
    * ``static``: today's batching — ``--slots`` rows at a time, every row prefilled on its own
      (left-padded to one length), the batch decoding until its last row ends, the stop rule
      checked by decoding each row's whole text after every token;
    * ``slots, separate prefills``: the slot scheduler, each sample prefilled on its own;
-   * ``slots, shared prefill``: the slot scheduler, each prompt prefilled once for its samples.
-   Every row samples with its own generator ``[seed, row]``, so the three produce the same
-   samples up to float rounding of different batch shapes; the table counts identical samples.
+   * ``slots, shared prefill``: the slot scheduler, each prompt prefilled once for its samples;
+   * ``slots, shared + prefix reuse``: also copying a prefix (the language header, ...) that a
+     slot already holds instead of computing it.
+   Each way keeps its decoders / slot cache between an untimed warm-up run (``--warmup-prompts``
+   prompts) and the timed run, as the evaluator and the server do. Every row samples with its own
+   generator ``[seed, row]``, so all ways produce the same samples up to float rounding of
+   different batch shapes; the table counts samples identical to the shared-prefill way's.
 2. Speculative greedy decoding (prompt lookup) on translation prompts (C++ -> Python) against
    plain greedy at batch 1: tokens must be identical; acceptance rate and speed reported.
 
@@ -45,6 +49,10 @@ def parse_args(argv=None):
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--slots", type=int, default=32, help="rows decoded together (both ways)")
     parser.add_argument("--max-new", type=int, default=64)
+    parser.add_argument("--warmup-prompts", type=int, default=2,
+                        help="prompts (x --samples) of the untimed first run of each way, which "
+                             "compiles its graphs (default: %(default)s; graphs first met in the "
+                             "timed run are compiled there and counted against that way)")
     parser.add_argument("--spec-prompts", type=int, default=4)
     parser.add_argument("--spec-new", type=int, default=48)
     parser.add_argument("--draft-tokens", type=int, default=4)
@@ -78,6 +86,10 @@ class StaticBatches:
         self.model, self.cfg, self.tokenizer, self.args = model, cfg, tokenizer, args
         self.decoders = {}
         self.times = {}
+
+    def graphs(self) -> int:
+        """Graphs compiled so far (a prefill and a decode graph per decoder)."""
+        return 2 * len(self.decoders)
 
     def __call__(self, rows):
         from codegeex_ms.humaneval.stopping import stop_index
@@ -141,6 +153,10 @@ class Engine:
         self.cache = SlotKVCache(model, slots or args.slots, cfg.inference.max_length, cfg.model.eod_token_id)
         self.times, self.stats = {}, None
 
+    def graphs(self) -> int:
+        """Shapes run so far: each is one compiled graph."""
+        return len(self.cache.shapes)
+
     def __call__(self, rows, share: bool = True, greedy: bool = False, prefixes: bool = True):
         from codegeex_ms.humaneval.stopping import LanguageStop
         from codegeex_ms.inference.sampling import SamplingParams
@@ -189,17 +205,23 @@ def main(argv=None) -> int:
             ("slots, shared prefill", pool, {"share": True, "prefixes": False}),
             ("slots, shared + prefix reuse", pool, {"share": True, "prefixes": True})]
     results = []
+    warm = rows[:args.warmup_prompts * args.samples]
     for name, fn, kw in ways:
-        out, seconds = timed(fn, rows, **kw)
+        fn(warm, **kw)
+        graphs = fn.graphs()
+        t0 = time.perf_counter()
+        out = fn(rows, **kw)
+        seconds = time.perf_counter() - t0
         stats = fn.stats if fn is pool else None
-        results.append((name, out, seconds, dict(fn.times), stats))
+        times = dict(fn.times, new_graphs=fn.graphs() - graphs)
+        results.append((name, out, seconds, times, stats))
     shared = results[2][1]
     tokens = sum(len(t) for t in shared)
     same = lambda a, b: sum(x == y for x, y in zip(a, b))  # noqa: E731
     t_static = results[0][2]
     sampling = [{"way": name, "seconds": seconds, "identical_to_shared": same(out, shared), **times,
                  **({"prefill_calls": st.prefill_calls, "prefill_tokens": st.prefill_tokens,
-                     "decode_steps": st.decode_steps} if st else {})}
+                     "prefix_tokens": st.prefix_tokens, "decode_steps": st.decode_steps} if st else {})}
                 for name, out, seconds, times, st in results]
 
     room = cfg.inference.max_length - args.spec_new - args.draft_tokens
@@ -217,11 +239,15 @@ def main(argv=None) -> int:
     print(f"\n{args.prompts} prompts x {args.samples} samples, {args.slots} rows at a time, "
           f"max {args.max_new} new tokens, {tokens} tokens generated")
     print(f"{'way':>30} {'seconds':>8} {'tok/s':>8} {'speedup':>8} {'identical':>10} {'model s':>8} "
-          f"{'host s':>7} {'calls':>6} {'prefilled':>9}")
+          f"{'host s':>7} {'calls':>6} {'graphs':>6} {'computed':>8} {'copied':>6}")
     for r in sampling:
         print(f"{r['way']:>30} {r['seconds']:8.2f} {tokens / r['seconds']:8.1f} "
               f"{t_static / r['seconds']:7.2f}x {r['identical_to_shared']:>5}/{len(shared)} "
-              f"{r['model_s']:8.2f} {r['host_s']:7.2f} {r['model_calls']:>6} {r.get('prefill_tokens', ''):>9}")
+              f"{r['model_s']:8.2f} {r['host_s']:7.2f} {r['model_calls']:>6} {r['new_graphs']:>6} "
+              f"{r.get('prefill_tokens', ''):>8} {r.get('prefix_tokens', ''):>6}")
+    print("model s: seconds inside model calls; host s: the rest (sampling, stop rules, bookkeeping); "
+          "calls: model calls; graphs: graphs first compiled in the timed run; computed/copied: "
+          "prompt tokens prefilled / copied from a slot's cached prefix")
     print(f"\nspeculative greedy, {len(spec_rows)} translation prompts at batch 1, {args.spec_new} new tokens")
     print(f"{'way':>26} {'seconds':>8} {'tok/s':>8} {'speedup':>8} {'identical':>10} {'accepted':>9}")
     print(f"{'plain greedy':>26} {t_plain:8.2f} {spec_tokens / t_plain:8.1f} {1:7.2f}x {'':>10} {'':>9}")
