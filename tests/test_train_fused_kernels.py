@@ -9,6 +9,7 @@ from mindspore import Tensor, nn
 
 from codegeex_ms.model.layers import LayerNorm
 from codegeex_ms.model.loss import CrossEntropy
+from codegeex_ms.ops import fused, kernel_build
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,3 +104,12 @@ def test_cross_entropy_kernel_matches_float64_and_builtin(vocab):
         assert loss == pytest.approx(want_loss, rel=2e-6)
         assert np.abs(grad - want_grad).max() < 1e-5 * np.abs(want_grad).max()
     assert results["on"][0] == pytest.approx(results["off"][0], rel=2e-6)
+
+
+def test_cpu_only_kernels_export_what_the_python_side_calls():
+    for kernel, symbols in fused.CPU_ONLY_SYMBOLS.items():
+        sub = kernel_build.CPU_ONLY_KERNELS[kernel]
+        text = "".join(p.read_text() for p in (kernel_build.KERNEL_SOURCE_DIR / sub / "cpu").glob("*.cc"))
+        for symbol in symbols:
+            assert f'extern "C" int {symbol}(' in text, (kernel, symbol)
+        assert kernel_build.locate(kernel, "CPU").endswith(".so")

@@ -39,10 +39,13 @@ ASCEND_OP_NAMES = {
 CPU_GPU_SYMBOLS = {
     "fast_gelu": ("FastGeluForward", "FastGeluBackward"),
     "masked_softmax": ("MaskedSoftmaxForward", "MaskedSoftmaxBackward"),
+}
+CPU_ONLY_SYMBOLS = {
     "stateless_dropout": ("StatelessDropoutForward", "StatelessDropoutBackward"),
     "layer_norm": ("LayerNormForward", "LayerNormBackward"),
     "cross_entropy": ("CrossEntropyForward", "CrossEntropyBackward"),
 }
+"""Training kernels with a CPU library only (``kernel_build.CPU_ONLY_KERNELS``)."""
 
 logger = logging.getLogger("codegeex_ms")
 _NOTICES = set()
@@ -73,7 +76,8 @@ def _func_names(kernel: str, target: str) -> tuple:
     location = kernel_build.locate(kernel, target)
     if target == "Ascend":
         return ASCEND_OP_NAMES[kernel]
-    return tuple(f"{location}:{symbol}" for symbol in CPU_GPU_SYMBOLS[kernel])
+    symbols = CPU_GPU_SYMBOLS[kernel] if kernel in CPU_GPU_SYMBOLS else CPU_ONLY_SYMBOLS[kernel]
+    return tuple(f"{location}:{symbol}" for symbol in symbols)
 
 
 def _device_target() -> str:
