@@ -59,7 +59,7 @@ class Transformer(nn.Cell):
         self.layers = nn.CellList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
         self.topQueryLayer = TransformerLayer(cfg, top_query=True)  # pylint: disable=invalid-name
         self.final_layernorm = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, cfg.compute_dtype,
-                                         cfg.param_dtype)
+                                         cfg.param_dtype, cfg.fused_kernels)
 
     def construct(self, h, mask, query_emb, key_caches=None, value_caches=None, index=None):
         cache = None
