@@ -63,7 +63,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 import mindspore as ms  # noqa: E402
 
-from codegeex_ms import runtime  # noqa: E402
+from codegeex_ms.env import runtime  # noqa: E402
 from codegeex_ms.config import load_config  # noqa: E402
 from codegeex_ms.inference.generator import Generator  # noqa: E402
 from codegeex_ms.model.build import build_model  # noqa: E402

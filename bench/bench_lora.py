@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("GLOG_v", "3")
     logging.basicConfig(level=logging.WARNING)
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.checkpoint import open_weights
     from codegeex_ms.lora import load_model_with_adapter
     from codegeex_ms.model.build import load_model

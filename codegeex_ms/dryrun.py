@@ -141,7 +141,7 @@ def _synthetic_batch(cfg, rows: int) -> tuple:
 
 def simulated_rank(cfg) -> None:
     """Child side: build this rank's trainer on the simulated Ascend backend and run one step."""
-    from codegeex_ms.runtime import setup  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.env.runtime import setup  # pylint: disable=import-outside-toplevel
     setup("graph", "Ascend", seed=cfg.train.seed)
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from codegeex_ms.train.distributed import init_topology  # pylint: disable=import-outside-toplevel

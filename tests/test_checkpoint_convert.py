@@ -14,7 +14,7 @@ from codegeex_ms.checkpoint import (LayoutMismatchError, ModelSizes, ModelWeight
                                     save_weights)
 from codegeex_ms.checkpoint.model_sizes import checkpoint_sizes
 from codegeex_ms.convert import convert_checkpoint
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 
 def _release_arrays(pt_path):

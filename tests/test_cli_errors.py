@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from codegeex_ms import cli_common
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 SIZES = ("--set", "model.num_layers=1", "--set", "model.hidden_size=32",
          "--set", "model.ffn_hidden_size=64")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from codegeex_ms import cli_common, dryrun
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 
 def run_cli(args, env, timeout=300):

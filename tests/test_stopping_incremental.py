@@ -6,7 +6,7 @@ import pytest
 
 from codegeex_ms.humaneval.stopping import IncrementalStopFn, LanguageStop, StopScanner, stop_index
 from codegeex_ms.inference.text import IncrementalText, StopStrings
-from codegeex_ms.paths import shared_data_dir
+from codegeex_ms.env.paths import shared_data_dir
 
 ALPHABET = list("ab{}\n \t\r") + ["\u3000", "é", "}\n", "{ "]
 LANGUAGES = ["python", "cpp", "java", "js", "go", "rust"]

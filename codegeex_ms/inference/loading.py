@@ -11,7 +11,7 @@ def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode:
     ``codegeex_ms.quantize``, or a release-layout .pt. ``adapter``: a LoRA adapter file applied
     over it without merging (:func:`codegeex_ms.lora.load_model_with_adapter`).
     """
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.inference.generator import Generator
     from codegeex_ms.model.build import load_model
     from codegeex_ms.tokenizer import CodeGeeXTokenizer

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 KERNEL_SOURCE_DIR = REPO_ROOT / "kernels"
 KERNELS = {"fast_gelu": "fast_gelu", "masked_softmax": "softmax"}

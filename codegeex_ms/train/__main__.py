@@ -10,7 +10,7 @@ import sys
 
 from codegeex_ms import cli_common
 from codegeex_ms.config import config_from_args
-from codegeex_ms.runtime import add_runtime_args, setup
+from codegeex_ms.env.runtime import add_runtime_args, setup
 
 
 def build_parser() -> argparse.ArgumentParser:
