@@ -21,7 +21,7 @@ GREEDY = SamplingParams(0.0)
 @pytest.fixture(scope="module")
 def generator():
     require_shared_data()
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = load_config(str(REPO_ROOT / "ascend_configs" / "tiny.yaml"), TINY)
     ms.set_seed(0)

@@ -62,7 +62,7 @@ def test_stop_strings_equal_the_first_occurrence_rule():
 def tokenizer():
     if not (shared_data_dir() / "codegeex_tokenizer" / "vocab.json").exists():
         pytest.skip("shared tokenizer files missing")
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     return CodeGeeXTokenizer.from_dir(None)
 
 

@@ -14,7 +14,7 @@ def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode:
     from codegeex_ms.env import runtime
     from codegeex_ms.inference.generator import Generator
     from codegeex_ms.model.build import load_model
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 
     tokenizer = CodeGeeXTokenizer.from_dir(tokenizer_dir or cfg.tokenizer.path or None)
     if tokenizer.vocab_size > cfg.model.vocab_size:
