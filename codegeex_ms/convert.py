@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import cli_common
+from . import cli as cli_common
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.checkpoint.atomic import file_digest, replace_with_manifest, verify_file, write_manifest
 from codegeex_ms.config import ConfigError, config_from_args
 from codegeex_ms.parallel.strategy_file import (check_optimizer_shard_size,

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.config import ConfigError, config_from_args
 
 GIB_MIB = 1024

@@ -23,7 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import cli_common
+from . import cli as cli_common
 from .data.languages import parse_language_list
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.problems import Track, load_problems, select_problems

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.humaneval.stopping import language_stop
 from codegeex_ms.inference.loading import load_generator
 from codegeex_ms.inference.prompts import TASKS

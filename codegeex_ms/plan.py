@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.config import ConfigError, config_from_args, global_batch_size
 from codegeex_ms.lora.memory import format_lora_plan, lora_plan
 from codegeex_ms.plan_inference import DEVICES, build_inference_plan, format_inference_plan, is_inference_config

@@ -192,7 +192,7 @@ def quantize_into(net, tensors: Iterable[Tuple[str, np.ndarray]]) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from . import cli_common  # pylint: disable=import-outside-toplevel
+    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
     parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.quantize", description=__doc__.split("\n\n", 1)[0],
         epilog="Examples:\n"
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
-    from . import cli_common  # pylint: disable=import-outside-toplevel
+    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
     from .config import ConfigError  # pylint: disable=import-outside-toplevel
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -235,5 +235,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from codegeex_ms import cli_common
+    from codegeex_ms import cli as cli_common
     sys.exit(cli_common.run(main))

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 
 
 def parse_args(argv=None):

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.data.tokenizer import EOD_TOKEN, NUM_EXTRA_TOKENS, CodeGeeXTokenizer, extra_token
 
 _SPACE_RUN = re.compile(" {2,10}")  # leftmost-longest, as the added-token matcher splits
