@@ -132,7 +132,7 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
     from codegeex_ms.inference.sampling import SamplingParams
     from codegeex_ms.model.build import build_model
     from codegeex_ms.model.quant import weight_bytes
-    from codegeex_ms.plan_inference import build_inference_plan
+    from codegeex_ms.budget.inference import build_inference_plan
     from codegeex_ms.quantize import load_quantized_mmap
 
     budget_s = budget_s or float(os.environ.get("BENCH_BUDGET_S", 25 * 60))

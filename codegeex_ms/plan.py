@@ -16,7 +16,7 @@ from pathlib import Path
 from codegeex_ms import cli as cli_common
 from codegeex_ms.config import ConfigError, config_from_args, global_batch_size
 from codegeex_ms.lora.memory import format_lora_plan, lora_plan
-from codegeex_ms.plan_inference import DEVICES, build_inference_plan, format_inference_plan, is_inference_config
+from codegeex_ms.budget.inference import DEVICES, build_inference_plan, format_inference_plan, is_inference_config
 from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
