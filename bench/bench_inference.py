@@ -70,7 +70,7 @@ from codegeex_ms.model.build import build_model  # noqa: E402
 from codegeex_ms.model.masks import causal_mask, positions  # noqa: E402
 from codegeex_ms.model.quant import NUMPY_DTYPES, weight_bytes  # noqa: E402
 from codegeex_ms.ops import kernel_build  # noqa: E402
-from codegeex_ms.plan import build_plan  # noqa: E402
+from codegeex_ms.budget.training import build_plan  # noqa: E402
 from codegeex_ms.quantize import quantize_into  # noqa: E402
 
 MODELS = {   # model.* overrides of the default (13B) config; vocabulary and FFN ratio as in 13B

@@ -224,7 +224,7 @@ def run(args) -> int:
     world = par.data_parallel * par.model_parallel * par.pipeline_stages
     if not 0 <= args.rank < world:
         raise ConfigError(f"--rank {args.rank} is outside the job's {world} devices")
-    from codegeex_ms.plan import build_plan  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.budget.training import build_plan  # pylint: disable=import-outside-toplevel
     plan = build_plan(cfg, args.capacity_gib, args.reserve_gib)
     log_path = Path(args.log) if args.log else Path(tempfile.mkdtemp(prefix="codegeex_dryrun_")) / \
         f"dryrun_rank{args.rank}.log"

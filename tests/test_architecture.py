@@ -50,8 +50,6 @@ KNOWN_COMMAND_IMPORTS = {
     # model/build.py loads INT8 checkpoints through the quantize command module; quantization
     # belongs in model/quant.py (or a quant/ package).
     ("model.build", "quantize"),
-    # dryrun.py reuses plan.py's budget formulas; they belong in one library module.
-    ("dryrun", "plan"),
 }
 
 # Known violations of rule 2: (importer, imported) across layers, upwards.

@@ -6,7 +6,7 @@ import pytest
 
 from codegeex_ms import plan as plan_cli
 from codegeex_ms.config import CONFIG_DIR, load_config
-from codegeex_ms.plan import build_plan, layer_activation_bytes
+from codegeex_ms.budget.training import build_plan, format_plan, layer_activation_bytes
 
 GIB = 2 ** 30
 # CodeGeeX-13B (reference section 1) and the 1536-NPU recipe (section 5).
@@ -149,7 +149,7 @@ def test_1536_npu_communication_per_step_by_hand(plan_1536):
     assert rows[("backward", "AllReduce", MP)] == (4 * L + 1, (4 * L + 1) * ring8(act))
     # Every tensor is optimizer-sharded in groups of 64: reduce-scatter its FP32 gradient slice.
     assert rows[("gradients", "ReduceScatter", 64)][0] == 3 + 40 * 16 + 2
-    assert "communication per step and device" in plan_cli.format_plan(plan_1536)
+    assert "communication per step and device" in format_plan(plan_1536)
 
 
 # ---------------------------------------------------------------------------- inference configs
