@@ -116,11 +116,23 @@ def training_memory(cfg, counts, recompute: bool, reserve_bytes: int) -> dict:
     return mem
 
 
+def flops_per_token(model, seq_length: int) -> float:
+    """Model FLOPs of one trained token (forward + backward = 3 × forward; recompute not counted).
+
+    Forward per token and layer (decoder layers + the top-query layer): q/k/v/out projections
+    ``8h²``, MLP ``4hf``, attention scores and context ``4sh`` (the model computes the full S×S
+    block); plus the tied head ``2hV``. A multiply-add counts as 2 FLOPs.
+    """
+    h, f, s = model.hidden_size, model.ffn_hidden_size, seq_length
+    layer = 8 * h * h + 4 * h * f + 4 * s * h
+    return 3.0 * ((model.num_layers + 1) * layer + 2 * h * model.vocab_size)
+
+
 def model_flops(cfg, counts) -> dict:
     """FLOPs per token and per step (see ``ASSUMPTIONS``)."""
     mdl, par = cfg.model, cfg.parallel
     layers, s, h = mdl.num_layers + 1, cfg.train.seq_length, mdl.hidden_size
-    per_token = 6 * counts["matmul"] + 12 * layers * s * h
+    per_token = int(flops_per_token(mdl, s))
     tokens = global_batch_size(cfg) * s
     return {"per_token": per_token,
             "per_token_6n": 6 * counts["total"],
