@@ -22,6 +22,7 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "ascend_configs"
 DTYPES = ("float16", "float32")
+DTYPE_BYTES = {"float16": 2, "float32": 4}  # bytes per element of each of DTYPES
 
 
 class ConfigError(ValueError):

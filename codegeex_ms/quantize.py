@@ -25,13 +25,13 @@ from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_la
 from .checkpoint.network import load_into_network
 from .checkpoint.sources import open_weights
 from .checkpoint.writers import output_format, write_checkpoint
+from .config import DTYPES
 from .model.quant import (NUMPY_DTYPES, SCALE_DTYPE, is_quantized_layout, is_quantized_weight, quantize_tensors,
                           quantized_infos)
 
 METADATA_KEY = "weight_quant"
 SCHEME = "int8 per output row, scale = absmax/127 (float32), symmetric [-127, 127]"
 FORMATS = ("ckpt", "safetensors")
-DTYPES = ("float16", "float32")
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ Units: bytes; GB = 1e9 bytes, GiB = 2**30 bytes.
 """
 
 from codegeex_ms.checkpoint.layout import ModelSizes, release_layout
+from codegeex_ms.config import DTYPE_BYTES
 from codegeex_ms.model.codegeex import HEAD_CHUNK_ROWS
 from codegeex_ms.model.quant import is_quantized_weight
 
 GIB = 1 << 30
-DTYPE_BYTES = {"float16": 2, "float32": 4}
 SCALE_BYTES = 4            # FP32 per-row scales (codegeex_ms.model.quant)
 SOFTMAX_BYTES = 4          # scores and probabilities are FP32
 LOGITS_BYTES = 4           # FP32 logits

@@ -7,13 +7,12 @@ printed with the plan (``python -m codegeex_ms.plan``). Units: bytes; GB = 1e9 b
 GiB = 2**30 bytes.
 """
 
-from codegeex_ms.config import ConfigError, global_batch_size
+from codegeex_ms.config import DTYPE_BYTES, ConfigError, global_batch_size
 from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
 
 GIB = 1 << 30
-DTYPE_BYTES = {"float16": 2, "float32": 4}
 SOFTMAX_BYTES = 4          # this port keeps the attention softmax (and its saved output) in FP32
 LOSS_FP32_TENSORS = 3      # cross-entropy keeps shifted logits, exp and one-hot, [tokens, V/mp] FP32
 LINEAR_SUFFIXES = ("attention.query.weight", "attention.key.weight", "attention.value.weight",

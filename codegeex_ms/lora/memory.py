@@ -5,8 +5,9 @@ f FFN width, a heads, L = layers + top-query layer, V vocabulary rows, c bytes o
 dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or data parallelism.
 """
 
+from codegeex_ms.config import DTYPE_BYTES
+
 GIB = 1 << 30
-DTYPE_BYTES = {"float16": 2, "float32": 4}
 SOFTMAX_BYTES = 4          # the attention softmax output is saved in FP32
 LOSS_FP32_TENSORS = 3      # cross-entropy keeps shifted logits, exp and one-hot, [b·s, V] FP32
 BASES = ("float16", "int8")
