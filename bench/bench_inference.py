@@ -71,7 +71,7 @@ from codegeex_ms.model.masks import causal_mask, positions  # noqa: E402
 from codegeex_ms.model.quant import NUMPY_DTYPES, weight_bytes  # noqa: E402
 from codegeex_ms.ops import kernel_build  # noqa: E402
 from codegeex_ms.budget.training import build_plan  # noqa: E402
-from codegeex_ms.quantize import quantize_into  # noqa: E402
+from codegeex_ms.model.quant import quantize_into  # noqa: E402
 
 MODELS = {   # model.* overrides of the default (13B) config; vocabulary and FFN ratio as in 13B
     "small": {"hidden_size": 256, "num_layers": 7, "num_heads": 4, "ffn_hidden_size": 1024,

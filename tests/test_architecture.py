@@ -45,11 +45,7 @@ COMMANDS = {
 SANDBOX_SCRIPTS = {"humaneval.python_driver"}
 
 # Known violations of rule 1: (importer, imported command).
-KNOWN_COMMAND_IMPORTS = {
-    # model/build.py loads INT8 checkpoints through the quantize command module; quantization
-    # belongs in model/quant.py (or a quant/ package).
-    ("model.build", "quantize"),
-}
+KNOWN_COMMAND_IMPORTS = set()
 
 # Known violations of rule 2: (importer, imported) across layers, upwards.
 KNOWN_LAYER_IMPORTS = set()
