@@ -63,13 +63,6 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
-    def num_parameters(self) -> int:
-        """Exact parameter count (tied head; 39 layers + top-query layer)."""
-        h, f = self.hidden_size, self.ffn_hidden_size
-        layer = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 4 * h
-        embeddings = self.vocab_size * h + 2 * self.max_position_embeddings * h
-        return embeddings + (self.num_layers + 1) * layer + 2 * h
-
 
 @dataclass
 class ParallelConfig:

@@ -19,7 +19,7 @@ from typing import Optional
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError
-from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_layout
+from .checkpoint.layout import check_layout, infer_sizes, release_layout, sizes_of
 from .checkpoint.sources import open_weights
 from .checkpoint.writers import output_format, write_checkpoint
 from .config import DTYPES
@@ -30,14 +30,6 @@ SCHEME = "int8 per output row, scale = absmax/127 (float32), symmetric [-127, 12
 FORMATS = ("ckpt", "safetensors")
 
 logger = logging.getLogger(__name__)
-
-
-def sizes_of(model_config) -> ModelSizes:
-    """The release-layout sizes of a :class:`~codegeex_ms.config.ModelConfig`."""
-    return ModelSizes(vocab_size=model_config.vocab_size, hidden_size=model_config.hidden_size,
-                      ffn_hidden_size=model_config.ffn_hidden_size, num_layers=model_config.num_layers,
-                      max_position_embeddings=model_config.max_position_embeddings,
-                      num_attention_heads=model_config.num_heads)
 
 
 def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optional[str] = None,

@@ -5,7 +5,7 @@ from the release layout of the config's sizes (``checkpoint.layout``), so nothin
 Units: bytes; GB = 1e9 bytes, GiB = 2**30 bytes.
 """
 
-from codegeex_ms.checkpoint.layout import ModelSizes, release_layout
+from codegeex_ms.checkpoint.layout import release_layout, sizes_of
 from codegeex_ms.config import DTYPE_BYTES
 from codegeex_ms.model.codegeex import HEAD_CHUNK_ROWS
 from codegeex_ms.model.quant import is_quantized_weight
@@ -56,8 +56,7 @@ def is_inference_config(config_name) -> bool:
 
 def weight_bytes(mdl) -> dict:
     """Weight bytes of ``mdl`` (a ModelConfig) as stored for inference."""
-    sizes = ModelSizes(mdl.vocab_size, mdl.hidden_size, mdl.ffn_hidden_size, mdl.num_layers,
-                       mdl.max_position_embeddings)
+    sizes = sizes_of(mdl)
     p = DTYPE_BYTES[mdl.param_dtype]
     out = {"linear": 0, "scales": 0, "other": 0, "positions": 0, "parameters": 0}
     for name, shape in release_layout(sizes).items():

@@ -5,6 +5,7 @@ f FFN width, a heads, L = layers + top-query layer, V vocabulary rows, c bytes o
 dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or data parallelism.
 """
 
+from codegeex_ms.checkpoint.layout import model_parameters
 from codegeex_ms.config import DTYPE_BYTES
 
 GIB = 1 << 30
@@ -55,9 +56,9 @@ def base_bytes(model_cfg, base: str) -> int:
     h, f, layers = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.num_layers + 1
     linear = layers * (4 * h * h + 2 * h * f)
     rows = layers * (4 * h + f + h)
-    rest = model_cfg.num_parameters() - linear
+    rest = model_parameters(model_cfg) - linear
     if base == "float16":
-        return 2 * model_cfg.num_parameters()
+        return 2 * model_parameters(model_cfg)
     if base == "int8":
         return linear + 4 * rows + 2 * rest
     raise ValueError(f"base {base!r}: must be one of {', '.join(BASES)}")
@@ -109,7 +110,7 @@ def lora_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dict
                      "top_query": cfg.lora.top_query,
                      "adapted_linears": len(adapted_linears(cfg.model, cfg.lora)),
                      "adapter_parameters": adapter_parameters(cfg.model, cfg.lora)},
-            "model_parameters": cfg.model.num_parameters(),
+            "model_parameters": model_parameters(cfg.model),
             "micro_batch_size": cfg.train.micro_batch_size, "seq_length": cfg.train.seq_length,
             "compute_dtype": cfg.model.compute_dtype,
             "memory": memory, "chosen": chosen, "capacity": capacity,
