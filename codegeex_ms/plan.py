@@ -3,7 +3,7 @@
     python -m codegeex_ms.plan --config pretrain_13b_1536npu [--set parallel.model_parallel=4] [--json PATH]
 
 The formulas and the reports: ``codegeex_ms.budget.training`` (a parallel training config),
-``codegeex_ms.budget.inference`` (``infer_*`` configs), ``codegeex_ms.lora.memory`` (``lora.rank > 0``).
+``codegeex_ms.budget.inference`` (``infer_*`` configs), ``codegeex_ms.budget.lora`` (``lora.rank > 0``).
 """
 
 import json
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from codegeex_ms import cli as cli_common
 from codegeex_ms.budget.inference import DEVICES, build_inference_plan, format_inference_plan, is_inference_config
+from codegeex_ms.budget.lora import format_lora_plan, lora_plan
 from codegeex_ms.budget.training import build_plan, format_plan
 from codegeex_ms.config import ConfigError, config_from_args
-from codegeex_ms.lora.memory import format_lora_plan, lora_plan
 
 
 def _inference_main(cfg, args) -> int:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         cfg = config_from_args(args)
         if args.inference or is_inference_config(args.config):
             return _inference_main(cfg, args)
-        lora = cfg.lora.rank > 0  # frozen base + adapters on one device: codegeex_ms.lora.memory
+        lora = cfg.lora.rank > 0  # frozen base + adapters on one device: codegeex_ms.budget.lora
         reserve = 2.0 if args.reserve_gib is None else args.reserve_gib
         plan = (lora_plan if lora else build_plan)(cfg, args.capacity_gib, reserve)
     except (ConfigError, ValueError) as e:

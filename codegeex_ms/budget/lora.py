@@ -5,12 +5,10 @@ f FFN width, a heads, L = layers + top-query layer, V vocabulary rows, c bytes o
 dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or data parallelism.
 """
 
+from codegeex_ms.budget.training import GIB, LOSS_FP32_TENSORS, layer_activation_bytes
 from codegeex_ms.checkpoint.layout import model_parameters
 from codegeex_ms.config import DTYPE_BYTES
 
-GIB = 1 << 30
-SOFTMAX_BYTES = 4          # the attention softmax output is saved in FP32
-LOSS_FP32_TENSORS = 3      # cross-entropy keeps shifted logits, exp and one-hot, [b·s, V] FP32
 BASES = ("float16", "int8")
 
 ASSUMPTIONS = [
@@ -73,8 +71,7 @@ def lora_training_memory(cfg, base: str, recompute: bool, reserve_bytes: int) ->
     layers, sbh = mdl.num_layers + 1, tr.seq_length * tr.micro_batch_size * mdl.hidden_size
     n_a = adapter_parameters(mdl, lo)
     adapter_acts = sum((4 + m) * s * b * i + 4 * s * b * lo.rank for i, _ in layer_linears(mdl, lo))
-    layer = ((4 * c + 2 * m) * sbh + 12 * c * sbh + (SOFTMAX_BYTES + m + c) * heads * s * s * b
-             + adapter_acts)
+    layer = layer_activation_bytes(b, s, h, heads, 1, c, m)["total"] + adapter_acts
     mem = {"base_weights": base_bytes(mdl, base),
            "adapter_weights": 4 * n_a,
            "adapter_gradients": 4 * n_a,
