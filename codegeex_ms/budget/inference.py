@@ -5,14 +5,13 @@ from the release layout of the config's sizes (``checkpoint.layout``), so nothin
 Units: bytes; GB = 1e9 bytes, GiB = 2**30 bytes.
 """
 
+from codegeex_ms.budget.training import GIB, SOFTMAX_BYTES
 from codegeex_ms.checkpoint.layout import release_layout, sizes_of
 from codegeex_ms.config import DTYPE_BYTES
 from codegeex_ms.model.codegeex import HEAD_CHUNK_ROWS
 from codegeex_ms.model.quant import is_quantized_weight
 
-GIB = 1 << 30
 SCALE_BYTES = 4            # FP32 per-row scales (codegeex_ms.model.quant)
-SOFTMAX_BYTES = 4          # scores and probabilities are FP32
 LOGITS_BYTES = 4           # FP32 logits
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DEVICES = ("npu", "cpu")

@@ -5,6 +5,9 @@ f FFN width, a heads, L = layers + top-query layer, V vocabulary rows, c bytes o
 dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or data parallelism.
 """
 
+import dataclasses
+
+from codegeex_ms.budget.inference import weight_bytes
 from codegeex_ms.budget.training import GIB, LOSS_FP32_TENSORS, layer_activation_bytes
 from codegeex_ms.checkpoint.layout import model_parameters
 from codegeex_ms.config import DTYPE_BYTES
@@ -51,15 +54,10 @@ def adapter_parameters(model_cfg, lora_cfg) -> int:
 
 def base_bytes(model_cfg, base: str) -> int:
     """Bytes of the frozen base in ``float16`` or ``int8`` (W8A16, FP32 row scales)."""
-    h, f, layers = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.num_layers + 1
-    linear = layers * (4 * h * h + 2 * h * f)
-    rows = layers * (4 * h + f + h)
-    rest = model_parameters(model_cfg) - linear
-    if base == "float16":
-        return 2 * model_parameters(model_cfg)
-    if base == "int8":
-        return linear + 4 * rows + 2 * rest
-    raise ValueError(f"base {base!r}: must be one of {', '.join(BASES)}")
+    if base not in BASES:
+        raise ValueError(f"base {base!r}: must be one of {', '.join(BASES)}")
+    stored = dataclasses.replace(model_cfg, param_dtype="float16", weight_quant=base.replace("float16", "none"))
+    return weight_bytes(stored)["total"]   # W8A16: int8 linear weights + FP32 row scales, the rest FP16
 
 
 def lora_training_memory(cfg, base: str, recompute: bool, reserve_bytes: int) -> dict:

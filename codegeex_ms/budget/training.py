@@ -1,10 +1,9 @@
 """Per-device memory and model FLOPs of a parallel training config, and inference weight sizes.
 
-Parameter counts per device come from the network itself under the config's shard plan
-(``codegeex_ms.parallel``); the parallel-optimizer group follows MindSpore's rule (see
-``codegeex_ms.parallel.strategy_file``). Every modelling assumption is in ``ASSUMPTIONS`` and is
-printed with the plan (``python -m codegeex_ms.plan``). Units: bytes; GB = 1e9 bytes,
-GiB = 2**30 bytes.
+Parameter counts per device come from the network under the config's shard plan; the
+parallel-optimizer group follows MindSpore's rule (``parallel.strategy_file``). Every modelling
+assumption is in ``ASSUMPTIONS``, printed by ``python -m codegeex_ms.plan``. Units: bytes; GB = 1e9
+bytes, GiB = 2**30 bytes.
 """
 
 from codegeex_ms.config import DTYPE_BYTES, ConfigError, global_batch_size

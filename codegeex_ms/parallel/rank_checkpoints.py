@@ -1,5 +1,4 @@
-"""Merge per-rank checkpoints into one, or split one into model-parallel ranks
-(``python -m codegeex_ms.distributed_ckpt``).
+"""Merge per-rank checkpoints into one, or split one into model-parallel ranks (``distributed_ckpt``).
 
 Both directions are MindSpore's own ``transform_checkpoints`` driven by strategy files: merging
 reads the training strategy (the file a semi-auto-parallel compile saved, or one written from a
