@@ -18,12 +18,8 @@ from typing import Iterable, Iterator, Mapping, Tuple
 import mindspore as ms
 import numpy as np
 
-from codegeex_ms.checkpoint import dtypes
-from codegeex_ms.checkpoint.base import TensorInfo
-from codegeex_ms.checkpoint.errors import LayoutMismatchError
-from codegeex_ms.checkpoint.layout import check_layout
-from codegeex_ms.checkpoint.network import load_into_network
-from codegeex_ms.checkpoint.sources import open_weights
+from codegeex_ms.checkpoint import (LayoutMismatchError, TensorInfo, check_layout, dtypes, load_into_network,
+                                    open_weights)
 
 TRANSFORMER = "language_model.transformer."
 QUANTIZED_SUFFIXES = ("attention.query.weight", "attention.key.weight", "attention.value.weight",
