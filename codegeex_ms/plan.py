@@ -17,15 +17,6 @@ from codegeex_ms.budget.training import build_plan, format_plan
 from codegeex_ms.config import ConfigError, config_from_args
 
 
-def _inference_main(cfg, args) -> int:
-    """``plan`` for an inference config: print (and optionally save) the inference plan."""
-    plan = build_inference_plan(cfg, args.capacity_gib, args.reserve_gib, args.device)
-    print(format_inference_plan(plan, args.config))
-    if args.json:
-        Path(args.json).write_text(json.dumps(plan, indent=2))
-    return 0
-
-
 def main(argv=None) -> int:
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.plan",
                                        description=__doc__.split("\n\n")[0])
@@ -45,14 +36,17 @@ def main(argv=None) -> int:
     try:
         cfg = config_from_args(args)
         if args.inference or is_inference_config(args.config):
-            return _inference_main(cfg, args)
-        lora = cfg.lora.rank > 0  # frozen base + adapters on one device: codegeex_ms.budget.lora
-        reserve = 2.0 if args.reserve_gib is None else args.reserve_gib
-        plan = (lora_plan if lora else build_plan)(cfg, args.capacity_gib, reserve)
+            plan = build_inference_plan(cfg, args.capacity_gib, args.reserve_gib, args.device)
+            report = format_inference_plan
+        else:
+            lora = cfg.lora.rank > 0  # frozen base + adapters on one device: codegeex_ms.budget.lora
+            reserve = 2.0 if args.reserve_gib is None else args.reserve_gib
+            plan = (lora_plan if lora else build_plan)(cfg, args.capacity_gib, reserve)
+            report = format_lora_plan if lora else format_plan
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print((format_lora_plan if lora else format_plan)(plan, args.config))
+    print(report(plan, args.config))
     if args.json:
         Path(args.json).write_text(json.dumps(plan, indent=2))
     return 0
