@@ -8,8 +8,8 @@ Embeddings, LayerNorms and biases are left as they are. A quantized weight ``<na
 gets its scales as ``<name>.weight_scale`` [out].
 
 The conversions are NumPy and stream one tensor at a time; ``weight_bytes`` counts a built
-network's parameter bytes. Loading into an INT8 network: ``load_quantized`` (INT8 or float file),
-``load_quantized_mmap`` (INT8 safetensors, memory-mapped), ``quantize_into`` (float arrays).
+network's parameter bytes; ``load_quantized`` (a file), ``load_quantized_mmap`` (INT8 safetensors,
+memory-mapped) and ``quantize_into`` (float arrays) set an INT8 network.
 """
 
 from collections import OrderedDict
