@@ -7,8 +7,8 @@ dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or d
 
 import dataclasses
 
-from codegeex_ms.budget.inference import weight_bytes
-from codegeex_ms.budget.training import GIB, LOSS_FP32_TENSORS, layer_activation_bytes
+from codegeex_ms.budget.inference import GIB, weight_bytes
+from codegeex_ms.budget.training import LOSS_FP32_TENSORS, layer_activation_bytes
 from codegeex_ms.checkpoint.layout import model_parameters
 from codegeex_ms.config import DTYPE_BYTES
 

@@ -6,17 +6,17 @@ assumption is in ``ASSUMPTIONS``, printed by ``python -m codegeex_ms.plan``. Uni
 bytes, GiB = 2**30 bytes.
 """
 
+from dataclasses import replace
+
+from codegeex_ms.budget.inference import GIB, SOFTMAX_BYTES, kv_cache_bytes, weight_bytes
+from codegeex_ms.checkpoint.layout import WORD_EMBEDDINGS
 from codegeex_ms.config import DTYPE_BYTES, ConfigError, global_batch_size
+from codegeex_ms.model.quant import is_quantized_weight
 from codegeex_ms.parallel.communication import format_communication, plan_communication
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, optimizer_shard_size_for,
                                                 plan_layouts, planned_parameters)
 
-GIB = 1 << 30
-SOFTMAX_BYTES = 4          # this port keeps the attention softmax (and its saved output) in FP32
 LOSS_FP32_TENSORS = 3      # cross-entropy keeps shifted logits, exp and one-hot, [tokens, V/mp] FP32
-LINEAR_SUFFIXES = ("attention.query.weight", "attention.key.weight", "attention.value.weight",
-                   "attention.dense.weight", "mlp.dense_h_to_4h.weight", "mlp.dense_4h_to_h.weight")
-WORD_EMBEDDING = "language_model.embedding.word_embeddings.weight"
 PAPER_13B = {"parameters": 12_873_943_040, "fp16_gb": 27, "int8_gb": 15}
 
 ASSUMPTIONS = [
@@ -62,7 +62,7 @@ def _slice(param) -> int:
 def parameter_counts(params, layouts) -> dict:
     """Totals over the network: all parameters, per device, per device after optimizer sharding,
     matmul weights (linear + tied head), linear weights only and their output rows."""
-    linear = {n: p for n, p in params.items() if n.endswith(LINEAR_SUFFIXES)}
+    linear = {n: p for n, p in params.items() if is_quantized_weight(n)}
     return {
         "total": sum(p.numel for p in params.values()),
         "per_device": sum(_slice(p) for p in params.values()),
@@ -72,7 +72,7 @@ def parameter_counts(params, layouts) -> dict:
         "tensors": len(params),
         "linear": sum(p.numel for p in linear.values()),
         "linear_rows": sum(p.shape[0] for p in linear.values()),
-        "matmul": sum(p.numel for p in linear.values()) + params[WORD_EMBEDDING].numel,
+        "matmul": sum(p.numel for p in linear.values()) + params[WORD_EMBEDDINGS].numel,
     }
 
 
@@ -140,15 +140,15 @@ def model_flops(cfg, counts) -> dict:
             "per_device_per_step": per_token * tokens // (par.data_parallel * par.model_parallel)}
 
 
-def inference_memory(cfg, counts) -> dict:
-    """Whole-model weight bytes in FP16 and INT8 W8A16, and the FP16 KV cache."""
-    mdl, inf = cfg.model, cfg.inference
-    rest = counts["total"] - counts["linear"]
-    length = inf.max_length or mdl.max_position_embeddings
-    return {"weights_fp16": 2 * counts["total"],
-            "weights_int8_fp16_scales": counts["linear"] + 2 * counts["linear_rows"] + 2 * rest,
-            "weights_int8_fp32_scales": counts["linear"] + 4 * counts["linear_rows"] + 2 * rest,
-            "kv_cache_fp16": 2 * (mdl.num_layers + 1) * inf.batch_size * length * mdl.hidden_size * 2,
+def inference_memory(cfg) -> dict:
+    """Whole-model weight bytes in FP16 and INT8 W8A16, and the FP16 KV cache (``budget.inference``)."""
+    inf, fp16 = cfg.inference, replace(cfg.model, param_dtype="float16", compute_dtype="float16", weight_quant="none")
+    int8 = weight_bytes(replace(fp16, weight_quant="int8"))
+    length = inf.max_length or fp16.max_position_embeddings
+    return {"weights_fp16": weight_bytes(fp16)["total"],
+            "weights_int8_fp16_scales": int8["total"] - int8["scales"] // 2,
+            "weights_int8_fp32_scales": int8["total"],
+            "kv_cache_fp16": kv_cache_bytes(fp16, inf.batch_size, length),
             "batch_size": inf.batch_size, "max_length": length}
 
 
@@ -204,7 +204,7 @@ def build_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dic
         "activation_bytes_per_sequence": per_sequence,
         "mindspore_default_group": _default_group(cfg, params, reserve),
         "flops": model_flops(cfg, counts),
-        "inference": inference_memory(cfg, counts),
+        "inference": inference_memory(cfg),
         "communication": plan_communication(cfg, {n: lay.opt_shard_size for n, lay in layouts.items()}),
         "assumptions": ASSUMPTIONS,
     }
