@@ -13,7 +13,7 @@ Steps (each in a fresh child process; time and peak RSS per step):
   fused W8A16 kernel and FP16-weight head kernel, PyNative with blocking launches — graph mode on CPU keeps every intermediate of a compiled forward
   alive, +0.13 GiB per layer; ``BENCH_MODE=graph`` to measure it anyway): measure the memory bandwidth (NumPy streaming read: best of
   several float32 GEMVs over a 512 MiB matrix, which read it once), map the INT8 file
-  (``quantize.load_quantized_mmap``: the parameters are views of the file's pages, one copy),
+  (``model.quant.load_quantized_mmap``: the parameters are views of the file's pages, one copy),
   prefill a 128-token prompt, decode 32 tokens greedily. Prints load time, prefill time, ms per
   token beside the bound (bytes one decode step reads ÷ bandwidth) and beside ``plan``'s
   prediction for the same config (``--device cpu``: peak memory, and ms/token at the measured
@@ -132,8 +132,8 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
     from codegeex_ms.inference.sampling import SamplingParams
     from codegeex_ms.model.build import build_model
     from codegeex_ms.model.quant import weight_bytes
-    from codegeex_ms.plan_inference import build_inference_plan
-    from codegeex_ms.quantize import load_quantized_mmap
+    from codegeex_ms.budget.inference import build_inference_plan
+    from codegeex_ms.model.quant import load_quantized_mmap
 
     budget_s = budget_s or float(os.environ.get("BENCH_BUDGET_S", 25 * 60))
     bandwidth = stream_read_bandwidth()

@@ -66,7 +66,7 @@ def load(args):
 
     from codegeex_ms.config import load_config
     from codegeex_ms.model.build import build_model, load_model
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = load_config(str(REPO_ROOT / "ascend_configs" / f"{args.config}.yaml"),
                       tuple(args.overrides) + ("model.dropout=0.0",))

@@ -63,15 +63,16 @@ os.environ.setdefault("GLOG_v", "3")
 
 import mindspore as ms  # noqa: E402
 
-from codegeex_ms import runtime  # noqa: E402
+from codegeex_ms.env import runtime  # noqa: E402
+from codegeex_ms.checkpoint.layout import model_parameters  # noqa: E402
 from codegeex_ms.config import load_config  # noqa: E402
 from codegeex_ms.inference.generator import Generator  # noqa: E402
 from codegeex_ms.model.build import build_model  # noqa: E402
 from codegeex_ms.model.masks import causal_mask, positions  # noqa: E402
 from codegeex_ms.model.quant import NUMPY_DTYPES, weight_bytes  # noqa: E402
 from codegeex_ms.ops import kernel_build  # noqa: E402
-from codegeex_ms.plan import build_plan  # noqa: E402
-from codegeex_ms.quantize import quantize_into  # noqa: E402
+from codegeex_ms.budget.training import build_plan  # noqa: E402
+from codegeex_ms.model.quant import quantize_into  # noqa: E402
 
 MODELS = {   # model.* overrides of the default (13B) config; vocabulary and FFN ratio as in 13B
     "small": {"hidden_size": 256, "num_layers": 7, "num_heads": 4, "ffn_hidden_size": 1024,
@@ -368,7 +369,7 @@ def main(argv=None) -> int:
     for name in models:
         net = build_model(model_config(name))       # N(0, 0.02) weights: the pre-training init
         net.set_train(False)
-        sizes[name] = {"parameters": net.config.num_parameters(), **MODELS[name]}
+        sizes[name] = {"parameters": model_parameters(net.config), **MODELS[name]}
         rows += bench_network((name, "fp32"), net, args, bandwidth)
         net8 = build_model(dataclasses.replace(net.config, weight_quant="int8"), allocate=False)
         quantize_into(net8, ((n, p.asnumpy()) for n, p in net.parameters_and_names()))

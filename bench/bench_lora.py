@@ -124,8 +124,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("GLOG_v", "3")
     logging.basicConfig(level=logging.WARNING)
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.checkpoint import open_weights
+    from codegeex_ms.checkpoint.layout import model_parameters
     from codegeex_ms.lora import load_model_with_adapter
     from codegeex_ms.model.build import load_model
     from codegeex_ms.train.loop import run
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     result = {"task": "keyword translation (8-token lines, 16 keywords permuted, identifiers copied)",
               "held_out_lines": int(len(held)), "before": before, "after": after,
               "base_copy_exact_match": copy_check,
-              "base_parameters": base_cfg.model.num_parameters(), "adapter_parameters": int(trainable),
+              "base_parameters": model_parameters(base_cfg.model), "adapter_parameters": int(trainable),
               "lora_rank": args.rank, "base_steps": args.base_steps, "lora_steps": args.lora_steps,
               "base_train_s": round(t1 - t0, 1), "lora_train_s": round(t2 - t1, 1),
               "lora_loss_first_last": [lora_run["first_loss"], lora_run["last_row"]["loss"]],

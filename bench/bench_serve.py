@@ -96,7 +96,7 @@ class Server:
     """A server as a subprocess (from ``root``, a checkout); ``url`` once it listens."""
 
     def __init__(self, args, checkpoint: str, root: Path, extra: list, log_path: Path):
-        from codegeex_ms.paths import shared_data_dir
+        from codegeex_ms.env.paths import shared_data_dir
         cmd = [sys.executable, "-m", "codegeex_ms.serve", "--config", args.config, "--checkpoint", checkpoint,
                "--port", "0", "--log-level", "warning", "--max-batch", str(args.max_batch),
                "--max-queue", str(4 * args.concurrency), "--max-request-rows", "8", *extra]

@@ -69,7 +69,7 @@ def main():
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 
     ours = CodeGeeXTokenizer.from_dir(args.tokenizer)
     raw = Tokenizer(models.BPE.from_file(str(ours.source / "vocab.json"), str(ours.source / "merges.txt")))

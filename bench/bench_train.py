@@ -201,7 +201,7 @@ def bench_case(shape, dropout, rounds, steps, seed=0):
         load.append(os.getloadavg()[0])
     m, t = cfg.model, cfg.train
     tokens = t.micro_batch_size * t.seq_length
-    from codegeex_ms.train.metrics import flops_per_token  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.budget.training import flops_per_token  # pylint: disable=import-outside-toplevel
     flops = flops_per_token(m, t.seq_length) * tokens
     row = {"shape": shape, "dropout": m.dropout, "hidden": m.hidden_size, "layers": m.num_layers,
            "heads": m.num_heads, "vocab": m.vocab_size, "seq": t.seq_length, "batch": t.micro_batch_size,

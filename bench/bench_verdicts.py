@@ -62,7 +62,7 @@ def measure(languages, problems: int, workers: int) -> dict:
 def measure_ref(ref: str, args) -> dict:
     """Run this script's measurement on the tree of git revision ``ref`` (with this tree's
     shared data directory)."""
-    from codegeex_ms.paths import shared_data_dir
+    from codegeex_ms.env.paths import shared_data_dir
     with tempfile.TemporaryDirectory(prefix="bench_verdicts_") as tmp:
         archive = subprocess.run(["git", "archive", ref], cwd=REPO_ROOT, check=True,
                                  capture_output=True).stdout

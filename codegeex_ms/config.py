@@ -22,6 +22,7 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "ascend_configs"
 DTYPES = ("float16", "float32")
+DTYPE_BYTES = {"float16": 2, "float32": 4}  # bytes per element of each of DTYPES
 
 
 class ConfigError(ValueError):
@@ -61,13 +62,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    def num_parameters(self) -> int:
-        """Exact parameter count (tied head; 39 layers + top-query layer)."""
-        h, f = self.hidden_size, self.ffn_hidden_size
-        layer = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 4 * h
-        embeddings = self.vocab_size * h + 2 * self.max_position_embeddings * h
-        return embeddings + (self.num_layers + 1) * layer + 2 * h
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import cli_common
+from . import cli as cli_common
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
 from .checkpoint.errors import CheckpointError
@@ -24,8 +24,7 @@ from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_la
 from .checkpoint.model_sizes import recorded_sizes, shape_sizes, sizes_metadata
 from .checkpoint.sources import open_weights
 from .checkpoint.writers import FORMATS, output_format, write_checkpoint
-
-DTYPES = ("float16", "float32")
+from .config import DTYPES
 
 
 def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype: Optional[str] = None,

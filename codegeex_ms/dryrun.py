@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.config import ConfigError, config_from_args
 
 GIB_MIB = 1024
@@ -141,7 +141,7 @@ def _synthetic_batch(cfg, rows: int) -> tuple:
 
 def simulated_rank(cfg) -> None:
     """Child side: build this rank's trainer on the simulated Ascend backend and run one step."""
-    from codegeex_ms.runtime import setup  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.env.runtime import setup  # pylint: disable=import-outside-toplevel
     setup("graph", "Ascend", seed=cfg.train.seed)
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from codegeex_ms.train.distributed import init_topology  # pylint: disable=import-outside-toplevel
@@ -224,7 +224,7 @@ def run(args) -> int:
     world = par.data_parallel * par.model_parallel * par.pipeline_stages
     if not 0 <= args.rank < world:
         raise ConfigError(f"--rank {args.rank} is outside the job's {world} devices")
-    from codegeex_ms.plan import build_plan  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.budget.training import build_plan  # pylint: disable=import-outside-toplevel
     plan = build_plan(cfg, args.capacity_gib, args.reserve_gib)
     log_path = Path(args.log) if args.log else Path(tempfile.mkdtemp(prefix="codegeex_dryrun_")) / \
         f"dryrun_rank{args.rank}.log"

@@ -23,8 +23,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import cli_common
+from . import cli as cli_common
 from .data.languages import parse_language_list
+from .env.runtime import add_runtime_args
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.problems import Track, load_problems, select_problems
 from .humaneval.runners import StepLimits
@@ -69,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_common.add_checkpoint_arg(g, required=False, help_text="model checkpoint (for --generator model)")
     g.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
     cli_common.add_tokenizer_dir_arg(g)
-    g.add_argument("--mode", choices=("graph", "pynative"), default="graph",
-                   help="MindSpore execution mode")
-    g.add_argument("--device-target", choices=("CPU", "GPU", "Ascend"), default=None)
+    add_runtime_args(g)
     d = SamplingConfig()
     g.add_argument("--samples-per-problem", type=int, default=d.samples_per_problem)
     g.add_argument("--temperature", type=float, default=d.temperature)

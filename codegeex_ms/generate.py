@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.humaneval.stopping import language_stop
 from codegeex_ms.inference.loading import load_generator
 from codegeex_ms.inference.prompts import TASKS
@@ -59,7 +59,7 @@ def parse_args(argv=None):
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.generate", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
     cli_common.add_config_args(parser, required=True)
-    from codegeex_ms.runtime import add_runtime_args
+    from codegeex_ms.env.runtime import add_runtime_args
     add_runtime_args(parser)
     cli_common.add_checkpoint_arg(parser)
     parser.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")

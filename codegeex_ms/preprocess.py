@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.data.filters import FilterConfig
 from codegeex_ms.data.pipeline import PreprocessOptions, format_summary, preprocess
-from codegeex_ms.tokenizer import TOKENIZER_DIR_ENV
+from codegeex_ms.data.tokenizer import TOKENIZER_DIR_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,43 +14,22 @@ import argparse
 import logging
 import os
 import sys
-from typing import Iterable, Optional, Tuple
-
-import numpy as np
+from typing import Optional
 
 from .checkpoint import dtypes
 from .checkpoint.base import TensorInfo
-from .checkpoint.errors import CheckpointError, LayoutMismatchError
-from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_layout
-from .checkpoint.network import load_into_network
+from .checkpoint.errors import CheckpointError
+from .checkpoint.layout import check_layout, infer_sizes, release_layout, sizes_of
 from .checkpoint.sources import open_weights
 from .checkpoint.writers import output_format, write_checkpoint
-from .model.quant import (NUMPY_DTYPES, SCALE_DTYPE, is_quantized_layout, is_quantized_weight, quantize_tensors,
-                          quantized_infos)
+from .config import DTYPES
+from .model.quant import (METADATA_KEY, SCALE_DTYPE, is_quantized_layout, is_quantized_weight,
+                          quantize_tensors, quantized_infos)
 
-METADATA_KEY = "weight_quant"
 SCHEME = "int8 per output row, scale = absmax/127 (float32), symmetric [-127, 127]"
 FORMATS = ("ckpt", "safetensors")
-DTYPES = ("float16", "float32")
 
 logger = logging.getLogger(__name__)
-
-
-def sizes_of(model_config) -> ModelSizes:
-    """The release-layout sizes of a :class:`~codegeex_ms.config.ModelConfig`."""
-    return ModelSizes(vocab_size=model_config.vocab_size, hidden_size=model_config.hidden_size,
-                      ffn_hidden_size=model_config.ffn_hidden_size, num_layers=model_config.num_layers,
-                      max_position_embeddings=model_config.max_position_embeddings,
-                      num_attention_heads=model_config.num_heads)
-
-
-def checkpoint_weight_quant(path) -> str:
-    """``"int8"`` if checkpoint ``path`` was written by this quantizer (metadata or scale
-    tensors), else ``"none"``."""
-    with open_weights(path) as weights:
-        if weights.metadata.get(METADATA_KEY) == "int8" or is_quantized_layout(weights.infos):
-            return "int8"
-    return "none"
 
 
 def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optional[str] = None,
@@ -100,99 +79,9 @@ def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optiona
             "file_out": os.path.getsize(output_path)}
 
 
-def load_quantized(net, path) -> list:
-    """Set every parameter of an INT8 network (``model.weight_quant=int8``) from ``path``: an INT8
-    checkpoint is loaded as is; a float checkpoint is quantized while loading, one tensor at a
-    time. Names and shapes are checked first (one LayoutMismatchError listing every problem)."""
-    if checkpoint_weight_quant(path) == "int8":
-        return load_into_network(net, path)
-    with open_weights(path) as weights:
-        check_layout({n: i.shape for n, i in quantized_infos(weights.infos).items()},
-                     {n: tuple(p.shape) for n, p in net.parameters_and_names()},
-                     what=f"{path} after quantization (against the network's parameters)")
-        return quantize_into(net, ((n, weights.read(n)) for n in weights.infos))
-
-
-def map_safetensors(path) -> dict:
-    """Name -> NumPy view of each tensor of safetensors file ``path``, memory-mapped copy-on-write:
-    nothing is read until used, the pages are the page cache's (no private copy), and a write to
-    a view (e.g. a training step on a parameter) copies only the page it touches, never the file.
-
-    A file this project wrote is checked against its manifest first (size always; the sha256 of
-    the whole file unless a stamp of an earlier full check still matches the file's size, mtime
-    and inode: ``checkpoint.atomic.verify_file(stamp=True)``), raising IntegrityError on damage.
-    """
-    from .checkpoint.atomic import verify_file  # pylint: disable=import-outside-toplevel
-    from .checkpoint.safetensors_io import SafetensorsReader  # pylint: disable=import-outside-toplevel
-    verify_file(path, required=False, stamp=True)
-    with SafetensorsReader(path) as reader:   # validates the header against the file size
-        infos = dict(reader.infos)
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-    data = np.memmap(path, np.uint8, "c")
-    views, offset = {}, 8 + header_len
-    for name, info in infos.items():   # stored back to back in this order (checked by the reader)
-        nbytes = info.numel * dtypes.itemsize(info.dtype)
-        views[name] = data[offset:offset + nbytes].view(dtypes.np_dtype(info.dtype)).reshape(info.shape)
-        offset += nbytes
-    return views
-
-
-def load_quantized_mmap(net, path) -> int:
-    """Point every parameter of an INT8 network at the memory-mapped tensors of the INT8
-    safetensors checkpoint ``path``: one copy of the weights (the file's pages), read on first use.
-
-    Names and shapes are checked first (one LayoutMismatchError listing every problem). A tensor
-    whose stored dtype differs from its parameter's is cast (that tensor alone is then copied).
-    Returns the bytes mapped without a copy.
-    """
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-
-    params = dict(net.parameters_and_names())
-    views = map_safetensors(path)
-    check_layout({n: v.shape for n, v in views.items()}, {n: tuple(p.shape) for n, p in params.items()},
-                 what=f"{path} (against the network's parameters)")
-    mapped = 0
-    for name, param in params.items():
-        array = views[name]
-        target = NUMPY_DTYPES[param.dtype]
-        if array.dtype == target:
-            mapped += array.nbytes
-        else:
-            array = array.astype(target)
-        param.set_data(ms.Tensor.from_numpy(array))
-    return mapped
-
-
-def quantize_into(net, tensors: Iterable[Tuple[str, np.ndarray]]) -> list:
-    """Set an INT8 network from float ``(name, array)`` pairs (model naming, e.g. a float
-    network's parameters), quantizing the linear weights on the way. Every parameter must be
-    set exactly once. Returns the names set."""
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-
-    params = dict(net.parameters_and_names())
-    done = []
-    for name, array in quantize_tensors(tensors):
-        if name not in params:
-            raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
-                                      unexpected=[name])
-        param = params[name]
-        if tuple(array.shape) != tuple(param.shape):
-            raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
-                                      mismatched=[(name, tuple(param.shape), tuple(array.shape))])
-        array = array.astype(NUMPY_DTYPES[param.dtype], copy=False)
-        param.set_data(ms.Tensor.from_numpy(np.ascontiguousarray(array)))
-        done.append(name)
-    missing = set(params) - set(done)
-    if missing or len(done) != len(set(done)):
-        raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
-                                  missing=sorted(missing))
-    return done
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from . import cli_common  # pylint: disable=import-outside-toplevel
+    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
     parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.quantize", description=__doc__.split("\n\n", 1)[0],
         epilog="Examples:\n"
@@ -216,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
-    from . import cli_common  # pylint: disable=import-outside-toplevel
+    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
     from .config import ConfigError  # pylint: disable=import-outside-toplevel
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -235,5 +124,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from codegeex_ms import cli_common
+    from codegeex_ms import cli as cli_common
     sys.exit(cli_common.run(main))

@@ -14,14 +14,14 @@ import sys
 
 import numpy as np
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 
 
 def parse_args(argv=None):
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.score", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
     cli_common.add_config_args(parser, required=True)
-    from codegeex_ms.runtime import add_runtime_args
+    from codegeex_ms.env.runtime import add_runtime_args
     add_runtime_args(parser)
     cli_common.add_checkpoint_arg(parser)
     parser.add_argument("--input-ids", required=True, help=".npy of int token ids [batch, seq]")
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     if args.decode_from is not None and not 1 <= args.decode_from <= ids.shape[1]:
         raise SystemExit(f"--decode-from {args.decode_from}: must be in [1, {ids.shape[1]}]")
 
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.model.build import load_model
     runtime.setup(args.mode, args.device_target)
     model = load_model(cfg.model, args.checkpoint)

@@ -2,7 +2,7 @@
 
 The result is a byte-level BPE of ``vocab_size`` entries whose last id is ``<|endoftext|>`` (like
 GPT-2's 50257), followed by the 143 added tokens ``<|extratoken_1..143|>``; runs of 2..10 spaces
-are the whitespace tokens, as in ``codegeex_ms.tokenizer``. The BPE is learned on text split
+are the whitespace tokens, as in ``codegeex_ms.data.tokenizer``. The BPE is learned on text split
 exactly where the whitespace tokens will split it, so no merges are spent on space runs.
 
 Example::
@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from codegeex_ms import cli_common
-from codegeex_ms.tokenizer import EOD_TOKEN, NUM_EXTRA_TOKENS, CodeGeeXTokenizer, extra_token
+from codegeex_ms import cli as cli_common
+from codegeex_ms.data.tokenizer import EOD_TOKEN, NUM_EXTRA_TOKENS, CodeGeeXTokenizer, extra_token
 
 _SPACE_RUN = re.compile(" {2,10}")  # leftmost-longest, as the added-token matcher splits
 _SPECIAL = {"content": EOD_TOKEN, "single_word": False, "lstrip": False, "rstrip": False,

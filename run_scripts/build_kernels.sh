@@ -13,4 +13,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=${PYTHON:-python3}
-exec "$PY" -m codegeex_ms.ops.build_kernels "$@"
+exec "$PY" -m codegeex_ms.build_kernels "$@"

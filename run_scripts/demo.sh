@@ -36,7 +36,7 @@ CORPUS=("$STDLIB"/*.py)
 echo "${#CORPUS[@]} files in $STDLIB"
 
 step "2/5 tokenizer"
-TOK=$("$PY" -c 'from codegeex_ms.tokenizer import resolve_tokenizer_dir
+TOK=$("$PY" -c 'from codegeex_ms.data.tokenizer import resolve_tokenizer_dir
 try:
     print(resolve_tokenizer_dir())
 except FileNotFoundError:
@@ -49,7 +49,7 @@ else
   TOK=$OUT/tokenizer
 fi
 # vocabulary rows: the CodeGeeX layout (52224) for its tokenizer, else the next multiple of 1024
-read -r EOD REAL ROWS < <("$PY" -c "from codegeex_ms.tokenizer import CodeGeeXTokenizer
+read -r EOD REAL ROWS < <("$PY" -c "from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 t = CodeGeeXTokenizer.from_dir('$TOK')
 print(t.eod_id, t.vocab_size, 52224 if t.vocab_size == 50400 else (t.vocab_size // 1024 + 1) * 1024)")
 

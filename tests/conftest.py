@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from codegeex_ms.paths import shared_data_dir
+from codegeex_ms.env.paths import shared_data_dir
 
 FIXTURE = shared_data_dir() / "fixtures" / "codegeex_tiny_reference"
 

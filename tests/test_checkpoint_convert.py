@@ -14,7 +14,7 @@ from codegeex_ms.checkpoint import (LayoutMismatchError, ModelSizes, ModelWeight
                                     save_weights)
 from codegeex_ms.checkpoint.model_sizes import checkpoint_sizes
 from codegeex_ms.convert import convert_checkpoint
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 
 def _release_arrays(pt_path):
@@ -82,7 +82,8 @@ def test_unknown_heads_are_asked_for_not_guessed(tmp_path):
 def test_sizes_come_from_the_checkpoint_unless_the_config_sets_them(tmp_path, capsys):
     """score on a checkpoint that records its model, with a config that sets no size; a
     conflicting --set is refused naming both values; a trained checkpoint records every size."""
-    from codegeex_ms import cli_common, score
+    from codegeex_ms import cli as cli_common
+    from codegeex_ms import score
     from codegeex_ms.checkpoint.model_sizes import model_config_metadata
     from codegeex_ms.config import load_config
     from codegeex_ms.model.build import build_model

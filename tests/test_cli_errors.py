@@ -1,5 +1,5 @@
 """Every entry point fed a bad config, a missing file and a corrupt checkpoint: one ``error: ...``
-message naming the input, exit status 2 (see ``codegeex_ms.cli_common``), no traceback, nothing
+message naming the input, exit status 2 (see ``codegeex_ms.cli``), no traceback, nothing
 left behind.
 
 The matrix runs in-process through ``cli_common.run(main, argv)``, which is exactly what each
@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from codegeex_ms import cli_common
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms import cli as cli_common
+from codegeex_ms.env.paths import REPO_ROOT
 
 SIZES = ("--set", "model.num_layers=1", "--set", "model.hidden_size=32",
          "--set", "model.ffn_hidden_size=64")

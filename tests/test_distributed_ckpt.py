@@ -14,7 +14,7 @@ from mindspore.parallel import build_searched_strategy, merge_sliced_parameter
 
 from codegeex_ms import distributed_ckpt
 from codegeex_ms.config import CONFIG_DIR, load_config
-from codegeex_ms.distributed_ckpt import merge, rank_files, split
+from codegeex_ms.parallel.rank_checkpoints import merge, rank_files, split
 from codegeex_ms.parallel.strategy_file import (WHOLE_GROUP, largest_optimizer_shard_size,
                                                 match_names, plan_layouts, planned_parameters,
                                                 strategy_for, write_strategy_file)

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from codegeex_ms import cli_common, dryrun
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms import cli as cli_common
+from codegeex_ms import dryrun
+from codegeex_ms.env.paths import REPO_ROOT
 
 
 def run_cli(args, env, timeout=300):

@@ -10,7 +10,7 @@ import mindspore as ms
 
 from codegeex_ms.config import load_config
 from codegeex_ms.model import CodeGeeX
-from codegeex_ms.paths import shared_data_dir
+from codegeex_ms.env.paths import shared_data_dir
 
 SIZES = ("model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64")
 

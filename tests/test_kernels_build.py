@@ -13,7 +13,7 @@ import pytest
 
 from codegeex_ms.ops import fused, kernel_build
 from codegeex_ms.ops.kernel_build import call_aot
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 KERNELS_DIR = REPO_ROOT / "kernels"
 

@@ -14,7 +14,7 @@ from codegeex_ms.checkpoint import load_into_network
 from codegeex_ms.config import load_config
 from codegeex_ms.model import CodeGeeX, CodeGeeXWithLoss
 from codegeex_ms.model.masks import causal_mask, positions
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 CONFIG = str(REPO_ROOT / "ascend_configs" / "tiny_fixture.yaml")
 

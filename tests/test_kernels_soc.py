@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import ops
 
 from codegeex_ms.ops import FastGelu, MaskedSoftmax, fused, kernel_build, soc
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from mindspore import nn
 from codegeex_ms.config import load_config
 from codegeex_ms.model import CodeGeeXWithLoss
 from codegeex_ms.model.build import build_model
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 STEPS, BATCH, SEQ = 20, 4, 32
 

@@ -20,7 +20,7 @@ OVERRIDES = ("model.vocab_size=96", "model.real_vocab_size=96", "model.eod_token
 
 @pytest.fixture(autouse=True, scope="module")
 def graph_mode():
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     runtime.setup("graph", "CPU", seed=0)
 
 
@@ -250,7 +250,7 @@ def test_merge_cli(tmp_path):
     from codegeex_ms.checkpoint import open_weights
     from codegeex_ms.lora import save_adapter
     from codegeex_ms.lora.merge import merge_adapter
-    from codegeex_ms.paths import REPO_ROOT
+    from codegeex_ms.env.paths import REPO_ROOT
     cfg = tiny()
     path, _ = base_checkpoint(tmp_path, cfg)
     model, _ = lora_model(cfg, path)
@@ -281,7 +281,7 @@ def test_generate_with_adapter_equals_generate_with_merged_checkpoint(tmp_path):
     from codegeex_ms.inference.sampling import SamplingParams
     from codegeex_ms.lora import save_adapter
     from codegeex_ms.lora.merge import merge_adapter
-    from codegeex_ms.paths import shared_data_dir
+    from codegeex_ms.env.paths import shared_data_dir
     tokenizer = shared_data_dir() / "codegeex_tokenizer"
     if not (tokenizer / "vocab.json").is_file():
         pytest.skip(f"CodeGeeX tokenizer missing in {tokenizer}")

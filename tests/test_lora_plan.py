@@ -6,8 +6,8 @@ import sys
 import numpy as np
 
 from codegeex_ms.config import CONFIG_DIR, load_config
-from codegeex_ms.lora.memory import GIB, adapter_parameters, base_bytes, lora_plan, lora_training_memory
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.budget.lora import GIB, adapter_parameters, base_bytes, lora_plan, lora_training_memory
+from codegeex_ms.env.paths import REPO_ROOT
 
 TINY = ("model.vocab_size=96", "model.real_vocab_size=96", "model.eod_token_id=95",
         "model.hidden_size=32", "model.num_heads=4", "model.ffn_hidden_size=64", "model.num_layers=2",

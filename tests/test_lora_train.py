@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from codegeex_ms.paths import REPO_ROOT, shared_data_dir
+from codegeex_ms.env.paths import REPO_ROOT, shared_data_dir
 
 TOKENIZER = shared_data_dir() / "codegeex_tokenizer"
 STEPS, SAVE_EVERY = 24, 3
@@ -138,7 +138,7 @@ def test_lora_kill_resume_is_bitwise_with_adapter_only_checkpoints(setup):
 def test_trained_base_stays_bit_identical_and_resume_checks_the_base(setup):
     """In process: after a few LoRA steps every base parameter equals the file bit for bit and
     every adapter B moved; resuming against a different base file is refused in one line."""
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.checkpoint import open_weights, save_weights
     from codegeex_ms.config import load_config
     from codegeex_ms.lora import is_frozen
@@ -184,7 +184,7 @@ def test_lora_trains_over_an_int8_base(setup):
     """W8A16 base (quantized from the FP16 one): a few steps run with finite, falling-or-not but
     finite losses, the int8 weights and FP32 scales stay bit-identical to the INT8 file, and the
     adapters are FP32 and move."""
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.checkpoint import open_weights
     from codegeex_ms.config import load_config
     from codegeex_ms.lora import is_frozen

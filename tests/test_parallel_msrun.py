@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 from msrun_reduction_worker import full_gradients
 from test_train_distributed import free_port
 

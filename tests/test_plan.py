@@ -6,7 +6,7 @@ import pytest
 
 from codegeex_ms import plan as plan_cli
 from codegeex_ms.config import CONFIG_DIR, load_config
-from codegeex_ms.plan import build_plan, layer_activation_bytes
+from codegeex_ms.budget.training import build_plan, format_plan, layer_activation_bytes
 
 GIB = 2 ** 30
 # CodeGeeX-13B (reference section 1) and the 1536-NPU recipe (section 5).
@@ -149,7 +149,7 @@ def test_1536_npu_communication_per_step_by_hand(plan_1536):
     assert rows[("backward", "AllReduce", MP)] == (4 * L + 1, (4 * L + 1) * ring8(act))
     # Every tensor is optimizer-sharded in groups of 64: reduce-scatter its FP32 gradient slice.
     assert rows[("gradients", "ReduceScatter", 64)][0] == 3 + 40 * 16 + 2
-    assert "communication per step and device" in plan_cli.format_plan(plan_1536)
+    assert "communication per step and device" in format_plan(plan_1536)
 
 
 # ---------------------------------------------------------------------------- inference configs
@@ -178,7 +178,7 @@ def test_inference_weights_kv_cache_by_hand():
     from codegeex_ms.checkpoint.base import TensorInfo
     from codegeex_ms.checkpoint.layout import CODEGEEX_13B, release_layout
     from codegeex_ms.model.quant import quantized_infos
-    from codegeex_ms.plan_inference import build_inference_plan
+    from codegeex_ms.budget.inference import build_inference_plan
     fp16 = build_inference_plan(_inference_cfg("infer_13b_single_npu"))
     assert fp16["weights"]["total"] == 2 * 12_873_943_040
     assert fp16["kv_cache"] == 2 * 40 * 1 * 2048 * 5120 * 2           # FP16 compute
@@ -194,7 +194,7 @@ def test_inference_weights_kv_cache_by_hand():
 def test_inference_peak_terms_by_hand():
     """13B INT8 on a CPU (batch 1, length 160, 32 new tokens: prompts up to 128, one prefill of
     128), every term written out; and FP16 on an NPU (length 2048, prompts up to 1920 -> 2048)."""
-    from codegeex_ms.plan_inference import build_inference_plan
+    from codegeex_ms.budget.inference import build_inference_plan
     cpu = build_inference_plan(_inference_cfg("infer_13b_cpu_int8"), capacity_gib=24, device="cpu")
     assert cpu["prompt_bucket"] == 128 and cpu["max_new_tokens"] == 32
     assert cpu["prefill_cache"] == 2 * 40 * 1 * 128 * 5120 * 4       # the prompt's own cache
@@ -229,7 +229,7 @@ def test_inference_peak_terms_by_hand():
                                                (20, 19, 16), (10, 5, 10), (300, 44, 256), (300, 43, 300)])
 def test_prompt_bucket_by_hand(length, new, bucket):
     """The generator's prefill shape: power of two >= the longest prompt, >= 16, <= the length."""
-    from codegeex_ms.plan_inference import prompt_bucket
+    from codegeex_ms.budget.inference import prompt_bucket
     assert prompt_bucket(length, new) == bucket
 
 
@@ -237,7 +237,7 @@ def test_head_bytes_by_dtypes():
     """Chunked when widening (2048 rows, or the whole table if smaller), whole cast when narrowing,
     nothing with the CPU's FP16-weight kernel."""
     from types import SimpleNamespace
-    from codegeex_ms.plan_inference import head_bytes
+    from codegeex_ms.budget.inference import head_bytes
     mdl = lambda p, c, v, fused="auto": SimpleNamespace(param_dtype=p, compute_dtype=c, vocab_size=v,  # noqa: E731
                                                         hidden_size=64, fused_kernels=fused)
     assert head_bytes(mdl("float16", "float32", 52224), "cpu") == 0
@@ -258,7 +258,7 @@ def test_cli_device_cpu_uses_the_measured_reserve(capsys):
 def test_largest_batch_by_length_is_the_boundary():
     """Brute force at the boundary: the reported length fits, one more position does not (or it
     is the model's limit)."""
-    from codegeex_ms.plan_inference import GIB, build_inference_plan, inference_total
+    from codegeex_ms.budget.inference import GIB, build_inference_plan, inference_total
     cfg = _inference_cfg("infer_13b_cpu_int8")
     plan = build_inference_plan(cfg, capacity_gib=24, reserve_gib=2)
     new = plan["max_new_tokens"]

@@ -23,9 +23,9 @@ from codegeex_ms.model.quant import (dequantize_rows, is_quantized_weight, quant
                                      quantized_infos, quantize_tensors, scale_name, weight_bytes)
 from codegeex_ms.checkpoint.base import TensorInfo
 from codegeex_ms.parallel import apply_shard_plan, check_shard_plan, parameter_splits
-from codegeex_ms.paths import REPO_ROOT, shared_data_dir
-from codegeex_ms.plan import build_plan
-from codegeex_ms.quantize import checkpoint_weight_quant, load_quantized, quantize_into
+from codegeex_ms.env.paths import REPO_ROOT, shared_data_dir
+from codegeex_ms.budget.training import build_plan
+from codegeex_ms.model.quant import checkpoint_weight_quant, load_quantized, quantize_into
 from codegeex_ms.quantize import main as quantize_main
 
 FIXTURE_CONFIG = "ascend_configs/tiny_fixture.yaml"

@@ -27,7 +27,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     return CodeGeeXTokenizer.from_dir(None)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from codegeex_ms.config import load_config
 from codegeex_ms.inference.sampling import SamplingParams
-from codegeex_ms.paths import REPO_ROOT, shared_data_dir
+from codegeex_ms.env.paths import REPO_ROOT, shared_data_dir
 from codegeex_ms.serve.schemas import (CodeTranslateBody, CompletionBody, Limits, RequestError,
                                        generation_options, parse_body)
 

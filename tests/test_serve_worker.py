@@ -11,7 +11,7 @@ from codegeex_ms.config import load_config
 from codegeex_ms.inference.generator import Generator
 from codegeex_ms.inference.sampling import SamplingParams
 from codegeex_ms.model import CodeGeeX
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 from codegeex_ms.serve.worker import Job, ModelWorker, QueueFull
 from test_serve_support import TINY, require_shared_data
 
@@ -21,7 +21,7 @@ GREEDY = SamplingParams(0.0)
 @pytest.fixture(scope="module")
 def generator():
     require_shared_data()
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg = load_config(str(REPO_ROOT / "ascend_configs" / "tiny.yaml"), TINY)
     ms.set_seed(0)

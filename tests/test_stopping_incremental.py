@@ -6,7 +6,7 @@ import pytest
 
 from codegeex_ms.humaneval.stopping import IncrementalStopFn, LanguageStop, StopScanner, stop_index
 from codegeex_ms.inference.text import IncrementalText, StopStrings
-from codegeex_ms.paths import shared_data_dir
+from codegeex_ms.env.paths import shared_data_dir
 
 ALPHABET = list("ab{}\n \t\r") + ["\u3000", "é", "}\n", "{ "]
 LANGUAGES = ["python", "cpp", "java", "js", "go", "rust"]
@@ -62,7 +62,7 @@ def test_stop_strings_equal_the_first_occurrence_rule():
 def tokenizer():
     if not (shared_data_dir() / "codegeex_tokenizer" / "vocab.json").exists():
         pytest.skip("shared tokenizer files missing")
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     return CodeGeeXTokenizer.from_dir(None)
 
 

@@ -105,7 +105,8 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     from codegeex_ms.model.build import build_model  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.quant import weight_bytes  # pylint: disable=import-outside-toplevel
-    from codegeex_ms.quantize import load_quantized, load_quantized_mmap, quantize_checkpoint  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.quant import load_quantized, load_quantized_mmap  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.quantize import quantize_checkpoint  # pylint: disable=import-outside-toplevel
     ms.set_context(mode=ms.PYNATIVE_MODE)
     fp16, int8 = tmp_path / "fp16.safetensors", tmp_path / "int8.safetensors"
     convert_checkpoint(release, fp16, num_heads=SMALL.num_attention_heads)
@@ -123,7 +124,7 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     # is copy-on-write: the file keeps its bytes (its manifest still verifies)
     from codegeex_ms.checkpoint.atomic import file_digest, read_manifest  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.build import load_model  # pylint: disable=import-outside-toplevel
-    from codegeex_ms.quantize import map_safetensors  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.quant import map_safetensors  # pylint: disable=import-outside-toplevel
     model = load_model(cfg, str(int8))
     model.set_train(False)
     assert np.array_equal(model(*args).asnumpy(), loaded(*args).asnumpy())
@@ -176,7 +177,8 @@ def test_mapped_load_checks_the_manifest_and_trusts_only_an_unchanged_stamp(tmp_
     again; a rewritten (bit-flipped) file is hashed and rejected; a truncated one is rejected by
     size even though a stamp exists."""
     from codegeex_ms.checkpoint import atomic  # pylint: disable=import-outside-toplevel
-    from codegeex_ms.quantize import map_safetensors, quantize_checkpoint  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.model.quant import map_safetensors  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.quantize import quantize_checkpoint  # pylint: disable=import-outside-toplevel
     fp16, int8 = tmp_path / "fp16.safetensors", tmp_path / "int8.safetensors"
     convert_checkpoint(release, fp16, num_heads=SMALL.num_attention_heads)
     quantize_checkpoint(fp16, int8)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from codegeex_ms.paths import shared_data_dir
-from codegeex_ms.tokenizer import CodeGeeXTokenizer, TOKENIZER_DIR_ENV, resolve_tokenizer_dir
+from codegeex_ms.env.paths import shared_data_dir
+from codegeex_ms.data.tokenizer import CodeGeeXTokenizer, TOKENIZER_DIR_ENV, resolve_tokenizer_dir
 from codegeex_ms.tokenizer_train import main as train_main, train_tokenizer
 
 CODEGEEX_DIR = shared_data_dir() / "codegeex_tokenizer"

@@ -16,7 +16,7 @@ import pytest
 
 from test_tokenizer import CODEGEEX_DIR, reference_encode, reference_tokenizer
 
-from codegeex_ms.tokenizer import CodeGeeXTokenizer
+from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 
 
 def stdlib_py_files():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import torch
 
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 from torch_codegeex import TorchCodeGeeX  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 from codegeex_ms.checkpoint import load_into_network
 from codegeex_ms.config import load_config
 from codegeex_ms.model.build import build_model
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 from bench_train import release_module, torch_loss, torch_train_forward  # noqa: E402

@@ -15,6 +15,7 @@ from mindspore import Parameter, Tensor, nn
 
 from codegeex_ms.config import CONFIG_DIR, load_config
 from codegeex_ms.data.sampling import sample_order
+from codegeex_ms.budget.training import flops_per_token
 from codegeex_ms.train import metrics
 from codegeex_ms.checkpoint import atomic
 from codegeex_ms.checkpoint.atomic import manifest_path
@@ -287,4 +288,4 @@ def test_flops_per_token_matches_megatron_formula():
     cfg = load_config(str(CONFIG_DIR / "codegeex_13b.yaml"))
     h, s, v, layers = 5120, 2048, 52224, 40
     expected = 72 * layers * h * h * (1 + s / (6 * h) + v / (12 * h * layers))
-    assert metrics.flops_per_token(cfg.model, s) == pytest.approx(expected, rel=1e-12)
+    assert flops_per_token(cfg.model, s) == pytest.approx(expected, rel=1e-12)

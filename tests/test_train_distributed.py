@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import pytest
 
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 STEPS, SEQ, VOCAB, B = 4, 32, 128, 1
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from codegeex_ms.paths import REPO_ROOT, shared_data_dir
+from codegeex_ms.env.paths import REPO_ROOT, shared_data_dir
 
 TOKENIZER = shared_data_dir() / "codegeex_tokenizer"
 

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 STEPS, SAVE_EVERY, SEQ, VOCAB = 30, 3, 32, 128
 EOD = VOCAB - 1
@@ -138,7 +138,7 @@ def scenario_config(tmp_path, out, keep):
 
 
 def train_in_process(cfg, resume=False):
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.train.loop import run
     runtime.setup("graph", None, seed=cfg.train.seed)
     return run(cfg, resume=resume, progress=False)

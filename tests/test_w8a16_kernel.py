@@ -27,7 +27,7 @@ from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.kernel_build import call_aot
 from codegeex_ms.ops.w8a16 import f16w_matmul, w8a16_matmul
-from codegeex_ms.quantize import quantize_into
+from codegeex_ms.model.quant import quantize_into
 
 RNG = np.random.default_rng(99)
 # M, K, N. Decode path (M < 16): every tile and tail, K past 1024-wide blocks, enough weight bytes

@@ -7,7 +7,7 @@ a truncated, extended, bit-flipped or half-saved file is reported in this projec
 file and what is wrong) instead of failing somewhere inside a reader.
 
 A full check hashes the whole file. For large files that are mapped rather than read (the 13 GB
-INT8 checkpoint of ``quantize.load_quantized_mmap``) ``verify_file(..., stamp=True)`` records a
+INT8 checkpoint of ``model.quant.load_quantized_mmap``) ``verify_file(..., stamp=True)`` records a
 successful check in a second sidecar ``<file>.verified.json`` (the file's size, mtime in ns and
 inode, and the sha256 it matched); a later check with an unchanged identity and the same
 manifest checksum skips the hash, while size is still checked every time. Any rewrite, append,

@@ -77,6 +77,19 @@ def num_parameters(layout: Mapping[str, Sequence[int]]) -> int:
     return sum(math.prod(int(n) for n in shape) for shape in layout.values())
 
 
+def sizes_of(model_config) -> ModelSizes:
+    """The release-layout sizes of a :class:`~codegeex_ms.config.ModelConfig`."""
+    return ModelSizes(vocab_size=model_config.vocab_size, hidden_size=model_config.hidden_size,
+                      ffn_hidden_size=model_config.ffn_hidden_size, num_layers=model_config.num_layers,
+                      max_position_embeddings=model_config.max_position_embeddings,
+                      num_attention_heads=model_config.num_heads)
+
+
+def model_parameters(model_config) -> int:
+    """Exact parameter count of a ``ModelConfig``'s network (tied head; layers + top-query layer)."""
+    return num_parameters(release_layout(sizes_of(model_config)))
+
+
 def infer_sizes(shapes: Mapping[str, Sequence[int]], num_attention_heads: Optional[int] = None) -> ModelSizes:
     """Model sizes implied by a name -> shape mapping in the release layout.
 

@@ -1,4 +1,4 @@
-"""Pre-training and fine-tuning data.
+"""Pre-training and fine-tuning data, and the tokenizer (``tokenizer``: text <-> ids).
 
 ``sources`` (inputs, reading) -> ``languages`` (tags) -> ``filters`` -> ``pipeline`` (workers,
 dedup, shuffle) -> ``packing`` -> ``mindrecord_io`` (shards, manifest); ``sampling`` and ``masks``

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from codegeex_ms.paths import require_file, shared_data_dir
+from codegeex_ms.env.paths import require_file, shared_data_dir
 
 # Extension (lower case, with dot) -> name in language_tags.json.
 EXTENSIONS = {

@@ -28,7 +28,7 @@ from codegeex_ms.data.languages import Languages, default_tags_path
 from codegeex_ms.data.mindrecord_io import ShardWriter, prepare_output, publish, write_manifest
 from codegeex_ms.data.packing import Packer
 from codegeex_ms.data.sources import READ_REASONS, discover, is_jsonl, iter_units, load_unit
-from codegeex_ms.tokenizer import CodeGeeXTokenizer
+from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 
 DUPLICATE = "duplicate"
 DROP_REASONS = READ_REASONS + FILTER_REASONS + (DUPLICATE,)

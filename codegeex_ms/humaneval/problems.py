@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..data.languages import Languages, get_language
 from ..inference.prompts import resolve_language, translation_prompt
-from ..paths import require_file, shared_data_dir
+from ..env.paths import require_file, shared_data_dir
 
 
 def humaneval_dir() -> Path:

@@ -11,10 +11,10 @@ def load_generator(cfg, checkpoint: str, tokenizer_dir: str | None = None, mode:
     ``codegeex_ms.quantize``, or a release-layout .pt. ``adapter``: a LoRA adapter file applied
     over it without merging (:func:`codegeex_ms.lora.load_model_with_adapter`).
     """
-    from codegeex_ms import runtime
+    from codegeex_ms.env import runtime
     from codegeex_ms.inference.generator import Generator
     from codegeex_ms.model.build import load_model
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 
     tokenizer = CodeGeeXTokenizer.from_dir(tokenizer_dir or cfg.tokenizer.path or None)
     if tokenizer.vocab_size > cfg.model.vocab_size:

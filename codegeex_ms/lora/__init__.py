@@ -2,7 +2,7 @@
 
 Modules: ``layers`` (the :class:`LoRALinear` Cell), ``adapters`` (putting adapters into a network,
 adapter files), ``training`` (the train loop's hooks), ``merge`` (streaming base + adapter →
-checkpoint), ``memory`` (per-device memory of LoRA fine-tuning, for ``plan``). Command line:
+checkpoint); its memory plan is ``codegeex_ms.budget.lora``. Command line:
 ``python -m codegeex_ms.lora merge ...``.
 
 Why our own Cells rather than ``mindpet`` (MindSpore's parameter-efficient tuning package,

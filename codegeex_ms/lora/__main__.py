@@ -3,14 +3,14 @@
 Folds a LoRA adapter (``adapter_final.ckpt`` of a LoRA training run) into its base checkpoint,
 streaming one tensor at a time (see :mod:`codegeex_ms.lora.merge`). Training itself is
 ``python -m codegeex_ms.train`` with a config whose ``lora.rank > 0`` (e.g.
-``finetune_13b_lora_1npu``). Errors and exit status follow :mod:`codegeex_ms.cli_common`.
+``finetune_13b_lora_1npu``). Errors and exit status follow :mod:`codegeex_ms.cli`.
 """
 
 import argparse
 import logging
 import sys
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 
 
 def build_parser() -> argparse.ArgumentParser:

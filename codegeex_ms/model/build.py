@@ -24,13 +24,13 @@ def load_model(model_config, checkpoint: str):
 
     An INT8 checkpoint (written by ``codegeex_ms.quantize``) switches ``weight_quant`` to int8
     with a logged notice; with ``weight_quant: int8`` a float checkpoint is quantized while loading.
-    An INT8 ``.safetensors`` is memory-mapped (``quantize.load_quantized_mmap``: the parameters
+    An INT8 ``.safetensors`` is memory-mapped (``quant.load_quantized_mmap``: the parameters
     are copy-on-write views of the file's pages, so the 13B model needs its 13.2 GB once, read
     on first use); other checkpoints are read into allocated parameters.
     """
     from codegeex_ms.checkpoint import load_into_network
     from codegeex_ms.checkpoint.sources import detect_format
-    from codegeex_ms.quantize import checkpoint_weight_quant, load_quantized, load_quantized_mmap
+    from codegeex_ms.model.quant import checkpoint_weight_quant, load_quantized, load_quantized_mmap
 
     int8_file = checkpoint_weight_quant(checkpoint) == "int8"
     if model_config.weight_quant != "int8" and int8_file:

@@ -8,7 +8,8 @@ Embeddings, LayerNorms and biases are left as they are. A quantized weight ``<na
 gets its scales as ``<name>.weight_scale`` [out].
 
 The conversions are NumPy and stream one tensor at a time; ``weight_bytes`` counts a built
-network's parameter bytes.
+network's parameter bytes; ``load_quantized`` (a file), ``load_quantized_mmap`` (INT8 safetensors,
+memory-mapped) and ``quantize_into`` (float arrays) set an INT8 network.
 """
 
 from collections import OrderedDict
@@ -17,7 +18,8 @@ from typing import Iterable, Iterator, Mapping, Tuple
 import mindspore as ms
 import numpy as np
 
-from codegeex_ms.checkpoint.base import TensorInfo
+from codegeex_ms.checkpoint import (LayoutMismatchError, TensorInfo, check_layout, dtypes, load_into_network,
+                                    open_weights)
 
 TRANSFORMER = "language_model.transformer."
 QUANTIZED_SUFFIXES = ("attention.query.weight", "attention.key.weight", "attention.value.weight",
@@ -25,6 +27,7 @@ QUANTIZED_SUFFIXES = ("attention.query.weight", "attention.key.weight", "attenti
 SCALE_SUFFIX = "_scale"
 QMAX = 127
 SCALE_DTYPE = "float32"
+METADATA_KEY = "weight_quant"     # file metadata: "int8" marks a checkpoint quantize wrote
 NUMPY_DTYPES = {ms.int8: np.dtype(np.int8), ms.float16: np.dtype(np.float16),
                 ms.float32: np.dtype(np.float32)}
 """NumPy dtype of each MindSpore parameter dtype a (quantized) network uses."""
@@ -111,3 +114,102 @@ def weight_bytes(net) -> dict:
             out["other"] += nbytes
     out["total"] = sum(out.values())
     return out
+
+
+def checkpoint_weight_quant(path) -> str:
+    """``"int8"`` if checkpoint ``path`` was written by this quantizer (metadata or scale
+    tensors), else ``"none"``."""
+    with open_weights(path) as weights:
+        if weights.metadata.get(METADATA_KEY) == "int8" or is_quantized_layout(weights.infos):
+            return "int8"
+    return "none"
+
+
+def load_quantized(net, path) -> list:
+    """Set every parameter of an INT8 network (``model.weight_quant=int8``) from ``path``: an INT8
+    checkpoint is loaded as is; a float checkpoint is quantized while loading, one tensor at a
+    time. Names and shapes are checked first (one LayoutMismatchError listing every problem)."""
+    if checkpoint_weight_quant(path) == "int8":
+        return load_into_network(net, path)
+    with open_weights(path) as weights:
+        check_layout({n: i.shape for n, i in quantized_infos(weights.infos).items()},
+                     {n: tuple(p.shape) for n, p in net.parameters_and_names()},
+                     what=f"{path} after quantization (against the network's parameters)")
+        return quantize_into(net, ((n, weights.read(n)) for n in weights.infos))
+
+
+def map_safetensors(path) -> dict:
+    """Name -> NumPy view of each tensor of safetensors file ``path``, memory-mapped copy-on-write:
+    nothing is read until used, the pages are the page cache's (no private copy), and a write to
+    a view (e.g. a training step on a parameter) copies only the page it touches, never the file.
+
+    A file this project wrote is checked against its manifest first (size always; the sha256 of
+    the whole file unless a stamp of an earlier full check still matches the file's size, mtime
+    and inode: ``checkpoint.atomic.verify_file(stamp=True)``), raising IntegrityError on damage.
+    """
+    from ..checkpoint.atomic import verify_file  # pylint: disable=import-outside-toplevel
+    from ..checkpoint.safetensors_io import SafetensorsReader  # pylint: disable=import-outside-toplevel
+    verify_file(path, required=False, stamp=True)
+    with SafetensorsReader(path) as reader:   # validates the header against the file size
+        infos = dict(reader.infos)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    data = np.memmap(path, np.uint8, "c")
+    views, offset = {}, 8 + header_len
+    for name, info in infos.items():   # stored back to back in this order (checked by the reader)
+        nbytes = info.numel * dtypes.itemsize(info.dtype)
+        views[name] = data[offset:offset + nbytes].view(dtypes.np_dtype(info.dtype)).reshape(info.shape)
+        offset += nbytes
+    return views
+
+
+def load_quantized_mmap(net, path) -> int:
+    """Point every parameter of an INT8 network at the memory-mapped tensors of the INT8
+    safetensors checkpoint ``path``: one copy of the weights (the file's pages), read on first use.
+
+    Names and shapes are checked first (one LayoutMismatchError listing every problem). A tensor
+    whose stored dtype differs from its parameter's is cast (that tensor alone is then copied).
+    Returns the bytes mapped without a copy.
+    """
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+
+    params = dict(net.parameters_and_names())
+    views = map_safetensors(path)
+    check_layout({n: v.shape for n, v in views.items()}, {n: tuple(p.shape) for n, p in params.items()},
+                 what=f"{path} (against the network's parameters)")
+    mapped = 0
+    for name, param in params.items():
+        array = views[name]
+        target = NUMPY_DTYPES[param.dtype]
+        if array.dtype == target:
+            mapped += array.nbytes
+        else:
+            array = array.astype(target)
+        param.set_data(ms.Tensor.from_numpy(array))
+    return mapped
+
+
+def quantize_into(net, tensors: Iterable[Tuple[str, np.ndarray]]) -> list:
+    """Set an INT8 network from float ``(name, array)`` pairs (model naming, e.g. a float
+    network's parameters), quantizing the linear weights on the way. Every parameter must be
+    set exactly once. Returns the names set."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+
+    params = dict(net.parameters_and_names())
+    done = []
+    for name, array in quantize_tensors(tensors):
+        if name not in params:
+            raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
+                                      unexpected=[name])
+        param = params[name]
+        if tuple(array.shape) != tuple(param.shape):
+            raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
+                                      mismatched=[(name, tuple(param.shape), tuple(array.shape))])
+        array = array.astype(NUMPY_DTYPES[param.dtype], copy=False)
+        param.set_data(ms.Tensor.from_numpy(np.ascontiguousarray(array)))
+        done.append(name)
+    missing = set(params) - set(done)
+    if missing or len(done) != len(set(done)):
+        raise LayoutMismatchError("the quantized tensors (against the network's parameters)",
+                                  missing=sorted(missing))
+    return done

@@ -11,7 +11,7 @@ Outputs go to a per-user cache, ``$CODEGEEX_KERNEL_DIR`` or ``~/.cache/codegeex_
 under a name that hashes the sources, the compiler command and the host CPU, so an edited source
 or another machine gets a fresh build and concurrent processes share one (a file lock serialises
 builds). ``locate`` builds on first use; failures raise ``KernelUnavailable`` with the reason.
-``python -m codegeex_ms.ops.build_kernels`` (``run_scripts/build_kernels.sh``) builds ahead of time.
+``python -m codegeex_ms.build_kernels`` (``run_scripts/build_kernels.sh``) builds ahead of time.
 """
 
 import ctypes
@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegeex_ms.paths import REPO_ROOT
+from codegeex_ms.env.paths import REPO_ROOT
 
 KERNEL_SOURCE_DIR = REPO_ROOT / "kernels"
 KERNELS = {"fast_gelu": "fast_gelu", "masked_softmax": "softmax"}

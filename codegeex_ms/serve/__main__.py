@@ -21,9 +21,9 @@ import logging
 import sys
 from pathlib import Path
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.config import ConfigError
-from codegeex_ms.runtime import add_runtime_args
+from codegeex_ms.env.runtime import add_runtime_args
 
 
 def parse_args(argv=None):

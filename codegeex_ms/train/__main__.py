@@ -1,6 +1,6 @@
 """``python -m codegeex_ms.train --config C [--set section.key=value ...] [--resume]``.
 
-Errors and exit status follow :mod:`codegeex_ms.cli_common` (a damaged checkpoint met by
+Errors and exit status follow :mod:`codegeex_ms.cli` (a damaged checkpoint met by
 ``--resume`` is not an error: it is reported, moved aside and the newest verified one is used).
 """
 
@@ -8,9 +8,9 @@ import argparse
 import logging
 import sys
 
-from codegeex_ms import cli_common
+from codegeex_ms import cli as cli_common
 from codegeex_ms.config import config_from_args
-from codegeex_ms.runtime import add_runtime_args, setup
+from codegeex_ms.env.runtime import add_runtime_args, setup
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def _dataset(cfg, shard_id: int, num_shards: int, skip_samples: int, num_epochs:
                   num_parallel_workers=cfg.data.num_workers, num_epochs=num_epochs)
     if cfg.data.finetune:
         from codegeex_ms.data.finetune_dataset import create_finetune_dataset  # pylint: disable=import-outside-toplevel
-        from codegeex_ms.tokenizer import CodeGeeXTokenizer  # pylint: disable=import-outside-toplevel
+        from codegeex_ms.data.tokenizer import CodeGeeXTokenizer  # pylint: disable=import-outside-toplevel
         tokenizer = CodeGeeXTokenizer.from_dir(cfg.tokenizer.path or None)
         return create_finetune_dataset(cfg.data.train_path, tokenizer, cfg.train.seq_length, 1, **common)
     from codegeex_ms.data.pretrain_dataset import create_pretrain_dataset  # pylint: disable=import-outside-toplevel

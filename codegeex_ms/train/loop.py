@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import mindspore as ms
 
+from codegeex_ms.budget.training import flops_per_token
 from codegeex_ms.checkpoint.model_sizes import model_config_metadata
 from codegeex_ms.config import global_batch_size
 from codegeex_ms.lora.training import LoRATraining, check_base_dtype, lora_enabled
@@ -197,7 +198,7 @@ def run(cfg, resume: bool = False, device_target: str = "CPU", progress: bool = 
 
     accum = t.grad_accumulation
     tokens_per_step = global_batch_size(cfg) * t.seq_length
-    flops_per_step = metrics.flops_per_token(cfg.model, t.seq_length) * tokens_per_step
+    flops_per_step = flops_per_token(cfg.model, t.seq_length) * tokens_per_step
     peak = t.peak_tflops * 1e12 or metrics.measure_matmul_peak(cfg.model.compute_dtype)
     stream = micro_batches(cfg, topology.shard_id, topology.num_shards, consumed,
                            (t.train_steps - start) * accum, topology.batch_per_rank)

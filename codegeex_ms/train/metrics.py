@@ -11,18 +11,6 @@ LOG_FIELDS = ("step", "loss", "lr", "loss_scale", "grad_norm", "skipped", "token
               "step_time_s", "tokens")
 
 
-def flops_per_token(model, seq_length: int) -> float:
-    """Model FLOPs of one trained token (forward + backward = 3 × forward; recompute not counted).
-
-    Forward per token and layer (decoder layers + the top-query layer): q/k/v/out projections
-    ``8h²``, MLP ``4hf``, attention scores and context ``4sh`` (the model computes the full S×S
-    block); plus the tied head ``2hV``. A multiply-add counts as 2 FLOPs.
-    """
-    h, f, s = model.hidden_size, model.ffn_hidden_size, seq_length
-    layer = 8 * h * h + 4 * h * f + 4 * s * h
-    return 3.0 * ((model.num_layers + 1) * layer + 2 * h * model.vocab_size)
-
-
 def measure_matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
     """Best observed FLOP/s of a ``size``³ MindSpore MatMul in graph mode on the current device."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel

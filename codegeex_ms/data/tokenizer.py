@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from codegeex_ms.paths import shared_data_dir
+from codegeex_ms.env.paths import shared_data_dir
 
 EOD_TOKEN = "<|endoftext|>"
 NUM_EXTRA_TOKENS = 143

@@ -5,10 +5,13 @@ f FFN width, a heads, L = layers + top-query layer, V vocabulary rows, c bytes o
 dtype, m = 1 byte of dropout mask (0 without dropout). One device: no model or data parallelism.
 """
 
-GIB = 1 << 30
-DTYPE_BYTES = {"float16": 2, "float32": 4}
-SOFTMAX_BYTES = 4          # the attention softmax output is saved in FP32
-LOSS_FP32_TENSORS = 3      # cross-entropy keeps shifted logits, exp and one-hot, [b·s, V] FP32
+import dataclasses
+
+from codegeex_ms.budget.inference import GIB, weight_bytes
+from codegeex_ms.budget.training import LOSS_FP32_TENSORS, layer_activation_bytes
+from codegeex_ms.checkpoint.layout import model_parameters
+from codegeex_ms.config import DTYPE_BYTES
+
 BASES = ("float16", "int8")
 
 ASSUMPTIONS = [
@@ -51,15 +54,10 @@ def adapter_parameters(model_cfg, lora_cfg) -> int:
 
 def base_bytes(model_cfg, base: str) -> int:
     """Bytes of the frozen base in ``float16`` or ``int8`` (W8A16, FP32 row scales)."""
-    h, f, layers = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.num_layers + 1
-    linear = layers * (4 * h * h + 2 * h * f)
-    rows = layers * (4 * h + f + h)
-    rest = model_cfg.num_parameters() - linear
-    if base == "float16":
-        return 2 * model_cfg.num_parameters()
-    if base == "int8":
-        return linear + 4 * rows + 2 * rest
-    raise ValueError(f"base {base!r}: must be one of {', '.join(BASES)}")
+    if base not in BASES:
+        raise ValueError(f"base {base!r}: must be one of {', '.join(BASES)}")
+    stored = dataclasses.replace(model_cfg, param_dtype="float16", weight_quant=base.replace("float16", "none"))
+    return weight_bytes(stored)["total"]   # W8A16: int8 linear weights + FP32 row scales, the rest FP16
 
 
 def lora_training_memory(cfg, base: str, recompute: bool, reserve_bytes: int) -> dict:
@@ -71,8 +69,7 @@ def lora_training_memory(cfg, base: str, recompute: bool, reserve_bytes: int) ->
     layers, sbh = mdl.num_layers + 1, tr.seq_length * tr.micro_batch_size * mdl.hidden_size
     n_a = adapter_parameters(mdl, lo)
     adapter_acts = sum((4 + m) * s * b * i + 4 * s * b * lo.rank for i, _ in layer_linears(mdl, lo))
-    layer = ((4 * c + 2 * m) * sbh + 12 * c * sbh + (SOFTMAX_BYTES + m + c) * heads * s * s * b
-             + adapter_acts)
+    layer = layer_activation_bytes(b, s, h, heads, 1, c, m)["total"] + adapter_acts
     mem = {"base_weights": base_bytes(mdl, base),
            "adapter_weights": 4 * n_a,
            "adapter_gradients": 4 * n_a,
@@ -108,7 +105,7 @@ def lora_plan(cfg, capacity_gib: float = 32.0, reserve_gib: float = 2.0) -> dict
                      "top_query": cfg.lora.top_query,
                      "adapted_linears": len(adapted_linears(cfg.model, cfg.lora)),
                      "adapter_parameters": adapter_parameters(cfg.model, cfg.lora)},
-            "model_parameters": cfg.model.num_parameters(),
+            "model_parameters": model_parameters(cfg.model),
             "micro_batch_size": cfg.train.micro_batch_size, "seq_length": cfg.train.seq_length,
             "compute_dtype": cfg.model.compute_dtype,
             "memory": memory, "chosen": chosen, "capacity": capacity,

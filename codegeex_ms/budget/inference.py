@@ -5,12 +5,12 @@ from the release layout of the config's sizes (``checkpoint.layout``), so nothin
 Units: bytes; GB = 1e9 bytes, GiB = 2**30 bytes.
 """
 
-from codegeex_ms.checkpoint.layout import ModelSizes, release_layout
+from codegeex_ms.checkpoint.layout import release_layout, sizes_of
+from codegeex_ms.config import DTYPE_BYTES
 from codegeex_ms.model.codegeex import HEAD_CHUNK_ROWS
 from codegeex_ms.model.quant import is_quantized_weight
 
 GIB = 1 << 30
-DTYPE_BYTES = {"float16": 2, "float32": 4}
 SCALE_BYTES = 4            # FP32 per-row scales (codegeex_ms.model.quant)
 SOFTMAX_BYTES = 4          # scores and probabilities are FP32
 LOGITS_BYTES = 4           # FP32 logits
@@ -56,11 +56,9 @@ def is_inference_config(config_name) -> bool:
 
 def weight_bytes(mdl) -> dict:
     """Weight bytes of ``mdl`` (a ModelConfig) as stored for inference."""
-    sizes = ModelSizes(mdl.vocab_size, mdl.hidden_size, mdl.ffn_hidden_size, mdl.num_layers,
-                       mdl.max_position_embeddings)
     p = DTYPE_BYTES[mdl.param_dtype]
     out = {"linear": 0, "scales": 0, "other": 0, "positions": 0, "parameters": 0}
-    for name, shape in release_layout(sizes).items():
+    for name, shape in release_layout(sizes_of(mdl)).items():
         n = 1
         for d in shape:
             n *= d

@@ -1,0 +1,1 @@
+"""Memory and FLOPs by formula, printed by ``plan``: ``training``, ``lora``, ``inference``."""

@@ -1,0 +1,1 @@
+"""The process: shared-data paths (``paths``); MindSpore log level, mode, device (``runtime``)."""
