@@ -42,7 +42,7 @@ CPU_GPU_SYMBOLS = {
 }
 CPU_ONLY_SYMBOLS = {
     "stateless_dropout": ("StatelessDropoutForward", "StatelessDropoutBackward"),
-    "layer_norm": ("LayerNormForward", "LayerNormBackward"),
+    "layernorm": ("LayerNormForward", "LayerNormBackward"),
     "cross_entropy": ("CrossEntropyForward", "CrossEntropyBackward"),
 }
 """Training kernels with a CPU library only (``kernel_build.CPU_ONLY_KERNELS``)."""
@@ -285,7 +285,7 @@ def fused_layer_norm(mode: str) -> Optional[FusedOp]:
     gamma + beta``. Backward: (x, gamma, dy, eps) → (dx, dgamma, dbeta), statistics recomputed from
     x; deterministic for any thread count (``kernels/layernorm/cpu/layernorm.cc``).
     """
-    names = _resolve("layer_norm", mode)
+    names = _resolve("layernorm", mode)
     if names is None:
         return None
     backward = ops.Custom(names[1], out_shape=_layer_norm_grad_shape, out_dtype=_layer_norm_grad_dtype,

@@ -30,7 +30,7 @@ from codegeex_ms.env.paths import REPO_ROOT
 KERNEL_SOURCE_DIR = REPO_ROOT / "kernels"
 KERNELS = {"fast_gelu": "fast_gelu", "masked_softmax": "softmax"}
 """Kernel name → its directory under ``kernels/``."""
-CPU_ONLY_KERNELS = {"w8a16_matmul": "w8a16", "stateless_dropout": "dropout", "layer_norm": "layernorm",
+CPU_ONLY_KERNELS = {"w8a16_matmul": "w8a16", "stateless_dropout": "dropout", "layernorm": "layernorm",
                     "cross_entropy": "cross_entropy"}
 """Kernels with a CPU library only (no CUDA / Ascend C sources), e.g. the inference-only W8A16
 matmul, the stateless dropout of CPU training, the FP32 LayerNorm and cross-entropy; ``locate`` reports them unavailable on the
