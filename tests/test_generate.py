@@ -67,6 +67,35 @@ def test_cached_decoding_equals_recomputation_with_mixed_prompt_lengths(model):
         assert out[r].token_ids[0] == int(np.argmax(gen.trace[0][r][:90]))
 
 
+def test_cached_decoder_owns_padding_positions_and_reorder(model):
+    """CachedDecoder (beam search, score): left-padded prefill, decode and a row reorder give the
+    logits of a full causal forward over each row's real tokens."""
+    from codegeex_ms.model.kv_cache import CachedDecoder
+
+    def full(seq):
+        ids = np.array([seq], np.int32)
+        return model(ms.Tensor(ids), ms.Tensor(positions(1, len(seq))),
+                     ms.Tensor(causal_mask(1, len(seq)))).asnumpy()[0, -1]
+
+    rows = [[5, 9, 13], [40, 3, 8, 8, 1, 7]]
+    dec = CachedDecoder(model, 2, 16)
+    logits = dec.prefill(rows, 8)
+    assert list(dec.pads) == [5, 2]
+    for r, seq in enumerate(rows):
+        assert np.abs(logits[r] - full(seq)).max() < 1e-4
+    rows = [seq + [t] for seq, t in zip(rows, (21, 22))]
+    logits = dec.decode([21, 22])
+    for r, seq in enumerate(rows):
+        assert np.abs(logits[r] - full(seq)).max() < 1e-4
+    dec.reorder(np.array([1, 0]))            # swap the rows, padding included
+    rows = [rows[1] + [3], rows[0] + [4]]
+    logits = dec.decode([3, 4])
+    for r, seq in enumerate(rows):
+        assert np.abs(logits[r] - full(seq)).max() < 1e-4
+    with pytest.raises(ValueError, match="longest prompt"):
+        dec.prefill([[1] * 9, [2]], 8)
+
+
 def test_fixture_greedy_continuation_through_generate(golden):
     cfg = load_config("ascend_configs/tiny_fixture.yaml")
     net = CodeGeeX(cfg.model)
