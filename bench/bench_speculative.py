@@ -130,7 +130,7 @@ def train_child(out_path: str, seconds: float, seed: int) -> None:
     sys.path.insert(0, str(REPO_ROOT / "bench"))
     from torch_codegeex import TorchCodeGeeX
 
-    from codegeex_ms.tokenizer import CodeGeeXTokenizer
+    from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count())
     real = CodeGeeXTokenizer.from_dir(None)
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         weights = dict(np.load(path))
         weights["_path"] = path
         from codegeex_ms.inference.speculative import PromptLookup
-        from codegeex_ms.tokenizer import CodeGeeXTokenizer
+        from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
         tokenizer = DenseTokenizer(CodeGeeXTokenizer.from_dir(None), weights["table"])
         room = MODEL["positions"] - args.max_new - max(ks) - 1
         prompts = [tokenizer.dense(p)[-room:] for p in translation_prompts(tokenizer.real, args.prompts)]
