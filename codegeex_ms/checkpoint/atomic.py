@@ -206,24 +206,30 @@ def replace_with_manifest(tmp, path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path):
-    """Yield a binary file (read/write, seekable) that becomes ``path`` only on success.
-
-    The data go to a hidden temporary file in the same directory, which is flushed, fsynced,
-    hashed and renamed onto ``path`` with its manifest (:func:`replace_with_manifest`) when the
-    block exits normally, and deleted when it raises.
-    """
+def atomic_path(path, suffix: str = ".part"):
+    """Yield a hidden temporary path (ending in ``suffix``) in the directory of ``path``; what the
+    block writes there is fsynced, hashed and renamed onto ``path`` with its manifest
+    (:func:`replace_with_manifest`) when the block exits normally, and deleted when it raises."""
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output directory {path.parent} does not exist; create it first.")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
     try:
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         replace_with_manifest(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a binary file (read/write, seekable) that becomes ``path`` only on success (see
+    :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), "w+b") as f:
+        yield f

@@ -4,9 +4,8 @@ counter) plus a JSON ``meta`` record (step, data position, RNG seed and micro-st
 save and rank, each with a checksum manifest.
 
 Files in a rank's directory: ``step_<8 digits>.ckpt`` with ``step_<8 digits>.ckpt.manifest.json``
-(size and sha256 of the whole file, see :mod:`codegeex_ms.checkpoint.atomic`). A save writes a
-hidden temporary file, fsyncs and hashes it, renames it and then writes the manifest atomically,
-so a crash at any point leaves the previous checkpoints untouched and at worst a newest file
+(size and sha256 of the whole file). A save goes through :func:`codegeex_ms.checkpoint.atomic.atomic_path`
+(hidden temporary file, fsync, hash, rename, then the manifest atomically), so a crash at any point leaves the previous checkpoints untouched and at worst a newest file
 without a manifest.
 
 A checkpoint is *verified* when it matches its manifest; only then does MindSpore open it. Rules:
@@ -28,8 +27,7 @@ from typing import Optional
 
 import mindspore as ms
 
-from codegeex_ms.checkpoint.atomic import (IntegrityError, fsync_dir, manifest_path,
-                                           replace_with_manifest, verify_file)
+from codegeex_ms.checkpoint.atomic import IntegrityError, atomic_path, fsync_dir, manifest_path, verify_file
 from codegeex_ms.lora.layers import is_frozen
 
 logger = logging.getLogger("codegeex_ms.train")
@@ -83,17 +81,6 @@ def read_checkpoint(path, expected_names) -> tuple:
     return params, json.loads(meta)
 
 
-def _write_data(state, meta: dict, tmp: Path) -> None:
-    """Serialize ``state`` and ``meta`` to ``tmp`` and fsync it."""
-    params = [{"name": name, "data": param} for name, param in state_parameters(state)]
-    ms.save_checkpoint(params, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointManager:
     """Saves, verifies, rotates and quarantines the checkpoints of one rank in ``directory``."""
 
@@ -117,12 +104,9 @@ class CheckpointManager:
         """Write ``state`` and ``meta`` (JSON-serialisable) as the checkpoint of ``step``, then
         rotate (see the module docstring)."""
         final = self.path(step)
-        tmp = self.directory / f".step_{step:08d}.{secrets.token_hex(4)}.ckpt"
-        try:
-            _write_data(state, meta, tmp)
-            replace_with_manifest(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(final, suffix=".ckpt") as tmp:  # MindSpore appends .ckpt to other names
+            params = [{"name": name, "data": param} for name, param in state_parameters(state)]
+            ms.save_checkpoint(params, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
         self._remember(step)
         self.rotate()
         return final
