@@ -148,7 +148,7 @@ def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
     """
     path = Path(path)
     record = read_manifest(path)
-    if record is not None and _VERIFIED.get(str(path.resolve())) == (_identity(path), record["sha256"]):
+    if record is not None and _VERIFIED.get(str(path.resolve())) == (file_identity(path), record["sha256"]):
         return True  # verified by this process and unchanged since
     if not path.is_file():
         detail = "is missing" + (f" (its manifest {manifest_path(path).name} remains)" if record else "")
@@ -165,7 +165,7 @@ def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
         raise IntegrityError(path, reason, f"has {size} bytes, its manifest says {record['size']} "
                              f"({'truncated' if reason == 'truncated' else 'extended or replaced'}); "
                              "the file is damaged: re-create it or use another checkpoint")
-    identity = _identity(path)
+    identity = file_identity(path)
     if stamp and _stamp_matches(path, identity, record["sha256"]):
         _VERIFIED[str(path.resolve())] = (identity, record["sha256"])
         return True
@@ -179,7 +179,7 @@ def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
     return True
 
 
-def _identity(path: Path):
+def file_identity(path: Path):
     """What changes when a file is rewritten or touched: (size, mtime in ns, inode)."""
     try:
         st = path.stat()

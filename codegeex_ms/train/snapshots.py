@@ -27,7 +27,8 @@ from typing import Optional
 
 import mindspore as ms
 
-from codegeex_ms.checkpoint.atomic import IntegrityError, atomic_path, fsync_dir, manifest_path, verify_file
+from codegeex_ms.checkpoint.atomic import (IntegrityError, atomic_path, file_identity, fsync_dir,
+                                           manifest_path, verify_file)
 from codegeex_ms.lora.layers import is_frozen
 
 logger = logging.getLogger("codegeex_ms.train")
@@ -115,7 +116,7 @@ class CheckpointManager:
         """Verify the checkpoint of ``step`` against its manifest (IntegrityError if damaged);
         a file already verified by this process and unchanged since is not hashed again."""
         path = self.path(step)
-        if step in self._verified and self._stat(path) == self._verified[step]:
+        if step in self._verified and file_identity(path) == self._verified[step]:
             return
         self._verified.pop(step, None)
         verify_file(path, required=True)
@@ -172,15 +173,7 @@ class CheckpointManager:
         return None
 
     def _remember(self, step: int) -> None:
-        self._verified[step] = self._stat(self.path(step))
-
-    @staticmethod
-    def _stat(path: Path):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_size, st.st_mtime_ns, st.st_ino)
+        self._verified[step] = file_identity(self.path(step))
 
 
 def _remove(path: Path) -> None:
