@@ -16,19 +16,18 @@ import os
 import sys
 from typing import Optional
 
+from . import cli as cli_common
 from .checkpoint import dtypes
 from .checkpoint.errors import CheckpointError
 from .checkpoint.layout import sizes_of
 from .checkpoint.rewrite import Transform, rewrite_checkpoint
 from .checkpoint.writers import output_format
-from .config import DTYPES
+from .config import DTYPES, ConfigError
 from .model.quant import (METADATA_KEY, SCALE_DTYPE, is_quantized_layout, is_quantized_weight,
                           quantize_tensors, quantized_infos)
 
 SCHEME = "int8 per output row, scale = absmax/127 (float32), symmetric [-127, 127]"
 FORMATS = ("ckpt", "safetensors")
-
-logger = logging.getLogger(__name__)
 
 
 def _refuse_int8(weights) -> None:
@@ -71,7 +70,6 @@ def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optiona
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
     parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.quantize", description=__doc__.split("\n\n", 1)[0],
         epilog="Examples:\n"
@@ -95,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
-    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
-    from .config import ConfigError  # pylint: disable=import-outside-toplevel
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
@@ -114,5 +110,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from codegeex_ms import cli as cli_common
     sys.exit(cli_common.run(main))

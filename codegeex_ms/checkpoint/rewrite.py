@@ -1,10 +1,7 @@
-"""One pipeline for every checkpoint rewrite (``convert``, ``quantize``): read a checkpoint in the
-release layout one tensor at a time, transform the stream, write the result atomically.
-
-Steps: refuse to overwrite the input → open it (any format) → the number of heads (given, else the
-input's metadata) → the model sizes (given, else from the shapes) → the release layout → check the
-input against it (every problem at once) → stream each tensor, cast to ``dtype``, through the
-:class:`Transform` → write (``writers.write_checkpoint``: temporary file, manifest, rename).
+"""One pipeline for every checkpoint rewrite (``convert``, ``quantize``): refuse to overwrite the
+input → open it (any format) → heads (given, else its metadata) → sizes (given, else the shapes) →
+release layout → check (every problem at once) → stream each tensor, cast, through a
+:class:`Transform` → write atomically (``writers.write_checkpoint``). One tensor at a time in memory.
 """
 
 import dataclasses
