@@ -17,7 +17,6 @@ import numpy as np
 
 from . import cli as cli_common
 from .checkpoint import dtypes
-from .checkpoint.errors import CheckpointError
 from .checkpoint.layout import ModelSizes, check_layout
 from .checkpoint.model_sizes import recorded_sizes, shape_sizes, sizes_metadata
 from .checkpoint.rewrite import Transform, rewrite_checkpoint
@@ -123,12 +122,8 @@ def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        sizes = convert_checkpoint(args.input, args.output, args.format, args.dtype,
-                                   True if args.from_ms17 else None, args.num_heads, progress=not args.quiet)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    sizes = convert_checkpoint(args.input, args.output, args.format, args.dtype,
+                               True if args.from_ms17 else None, args.num_heads, progress=not args.quiet)
     print(f"wrote {args.output}: {sizes.num_layers} layers + top-query layer, hidden {sizes.hidden_size}, "
           f"FFN {sizes.ffn_hidden_size}, vocab rows {sizes.vocab_size}, positions "
           f"{sizes.max_position_embeddings}, heads {sizes.num_attention_heads}")

@@ -18,11 +18,10 @@ from typing import Optional
 
 from . import cli as cli_common
 from .checkpoint import dtypes
-from .checkpoint.errors import CheckpointError
 from .checkpoint.layout import sizes_of
 from .checkpoint.rewrite import Transform, rewrite_checkpoint
 from .checkpoint.writers import output_format
-from .config import DTYPES, ConfigError
+from .config import DTYPES
 from .model.quant import (METADATA_KEY, SCALE_DTYPE, is_quantized_layout, is_quantized_weight,
                           quantize_tensors, quantized_infos)
 
@@ -95,14 +94,9 @@ def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        model_config = (cli_common.config_for_checkpoint(args, args.input).model
-                        if args.config or args.overrides else None)
-        out = quantize_checkpoint(args.input, args.output, model_config, dtype=args.dtype,
-                                  progress=not args.quiet)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model_config = (cli_common.config_for_checkpoint(args, args.input).model
+                    if args.config or args.overrides else None)
+    out = quantize_checkpoint(args.input, args.output, model_config, dtype=args.dtype, progress=not args.quiet)
     print(f"wrote {args.output}: linear weights {out['linear_in'] / 2**20:.1f} MiB -> "
           f"{out['linear_out'] / 2**20:.1f} MiB (int8 + {SCALE_DTYPE} row scales); file "
           f"{out['file_in'] / 2**20:.1f} MiB -> {out['file_out'] / 2**20:.1f} MiB")
