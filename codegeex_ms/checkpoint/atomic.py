@@ -65,9 +65,9 @@ def file_digest(path) -> Tuple[int, str]:
             size += len(block)
 
 
-def fsync_dir(directory) -> None:
-    """Make renames and unlinks in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path) -> None:
+    """Make ``path`` durable: a file's data, or the renames and unlinks in a directory."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -201,7 +201,7 @@ def replace_with_manifest(tmp, path) -> Path:
     except Exception:
         path.unlink(missing_ok=True)  # data nobody can verify are not left under the final name
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return target
 
 
@@ -216,11 +216,7 @@ def atomic_path(path, suffix: str = ".part"):
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         replace_with_manifest(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

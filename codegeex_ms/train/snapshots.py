@@ -27,7 +27,7 @@ from typing import Optional
 
 import mindspore as ms
 
-from codegeex_ms.checkpoint.atomic import (IntegrityError, atomic_path, file_identity, fsync_dir,
+from codegeex_ms.checkpoint.atomic import (IntegrityError, atomic_path, file_identity, fsync_path,
                                            manifest_path, verify_file)
 from codegeex_ms.lora.layers import is_frozen
 
@@ -141,7 +141,7 @@ class CheckpointManager:
             _remove(manifest_path(self.path(step)))  # without its manifest it no longer counts
             _remove(self.path(step))
             self._verified.pop(step, None)
-        fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def quarantine(self, step: int, err: IntegrityError) -> None:
         """Rename the damaged checkpoint of ``step`` (and its manifest) to
@@ -156,7 +156,7 @@ class CheckpointManager:
         if manifest_path(path).exists():
             _rename(manifest_path(path), manifest_path(target))
         self._verified.pop(step, None)
-        fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def load(self, step: int, state) -> tuple:
         """``(param_dict, meta)`` of the verified checkpoint of ``step`` for ``state``."""
