@@ -128,7 +128,7 @@ class TokenizerConfig:
 
 @dataclass
 class InferenceConfig:
-    """Defaults of the generator (reference section 6)."""
+    """Defaults of the generator (reference section 6); ``SamplingParams.from_config`` reads them."""
 
     max_new_tokens: int = 128
     temperature: float = 0.2

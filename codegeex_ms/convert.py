@@ -10,7 +10,6 @@ appears only when complete.
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional
 
@@ -18,12 +17,11 @@ import numpy as np
 
 from . import cli as cli_common
 from .checkpoint import dtypes
-from .checkpoint.base import TensorInfo
-from .checkpoint.errors import CheckpointError
-from .checkpoint.layout import ModelSizes, check_layout, infer_sizes, release_layout
+from .checkpoint.layout import ModelSizes, check_layout
 from .checkpoint.model_sizes import recorded_sizes, shape_sizes, sizes_metadata
+from .checkpoint.rewrite import Transform, rewrite_checkpoint
 from .checkpoint.sources import open_weights
-from .checkpoint.writers import FORMATS, output_format, write_checkpoint
+from .checkpoint.writers import FORMATS, output_format
 from .config import DTYPES
 
 
@@ -42,30 +40,17 @@ def convert_checkpoint(input_path, output_path, fmt: Optional[str] = None, dtype
     Raises LayoutMismatchError (all problems at once) if the input is not the release layout.
     """
     fmt = output_format(output_path, fmt)
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
-        raise ValueError(f"input and output are the same file ({output_path}); choose another output path.")
-    with open_weights(input_path, from_ms17) as weights:
-        shapes = {name: info.shape for name, info in weights.infos.items()}
-        recorded = recorded_sizes(weights.metadata)
-        sizes = infer_sizes(shapes, num_heads or recorded.get("num_heads"))
-        layout = release_layout(sizes)
-        check_layout(shapes, layout, what=str(input_path))
-        if sizes.num_attention_heads is None and fmt != "pt":
+
+    def metadata(weights, sizes):
+        if sizes.num_attention_heads is None:
             raise ValueError(f"cannot tell the number of attention heads of {input_path} (hidden "
                              f"size {sizes.hidden_size}; its metadata does not record it): pass "
                              "--num-heads N")
-        infos = {name: TensorInfo(shape, dtype or weights.infos[name].dtype) for name, shape in layout.items()}
-        metadata = sizes_metadata({**recorded, **shape_sizes(shapes),
-                                   "num_heads": sizes.num_attention_heads})
+        return sizes_metadata({**recorded_sizes(weights.metadata), **shape_sizes(
+            {name: info.shape for name, info in weights.infos.items()}), "num_heads": sizes.num_attention_heads})
 
-        def tensors():
-            for name, info in infos.items():
-                yield name, weights.read(name).astype(dtypes.np_dtype(info.dtype), copy=False)
-
-        write_checkpoint(output_path, infos, tensors(), fmt, metadata, progress)
-    return sizes
+    return rewrite_checkpoint(input_path, output_path, fmt, Transform(metadata=metadata) if fmt != "pt"
+                              else Transform(), dtype, from_ms17, num_heads, progress=progress).sizes
 
 
 def verify_conversion(input_path, output_path, from_ms17: Optional[bool] = None) -> dict:
@@ -137,12 +122,8 @@ def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        sizes = convert_checkpoint(args.input, args.output, args.format, args.dtype,
-                                   True if args.from_ms17 else None, args.num_heads, progress=not args.quiet)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    sizes = convert_checkpoint(args.input, args.output, args.format, args.dtype,
+                               True if args.from_ms17 else None, args.num_heads, progress=not args.quiet)
     print(f"wrote {args.output}: {sizes.num_layers} layers + top-query layer, hidden {sizes.hidden_size}, "
           f"FFN {sizes.ffn_hidden_size}, vocab rows {sizes.vocab_size}, positions "
           f"{sizes.max_position_embeddings}, heads {sizes.num_attention_heads}")

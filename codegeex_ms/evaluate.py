@@ -31,8 +31,9 @@ from .humaneval.problems import Track, load_problems, select_problems
 from .humaneval.runners import StepLimits
 from .humaneval.sandbox import ISOLATION_CHOICES, Sandbox, SandboxLimits, SandboxUnavailable
 from .humaneval.scoring import score, write_chart, write_json, write_markdown, write_per_problem
-from .humaneval.steps import (SamplingConfig, canonical_generate_fn, execute_samples,
+from .humaneval.steps import (GenerateStep, canonical_generate_fn, execute_samples,
                               generate_samples, read_records)
+from .inference.sampling import SamplingParams
 
 STEPS = ("generate", "execute", "score")
 # Settings that must not change when generation resumes into an existing output directory.
@@ -71,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
     cli_common.add_tokenizer_dir_arg(g)
     add_runtime_args(g)
-    d = SamplingConfig()
+    d = GenerateStep()
     g.add_argument("--samples-per-problem", type=int, default=d.samples_per_problem)
-    g.add_argument("--temperature", type=float, default=d.temperature)
-    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--temperature", type=float, default=d.sampling.temperature)
+    g.add_argument("--top-p", type=float, default=d.sampling.top_p)
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--seed", type=int, default=d.seed)
@@ -137,16 +138,15 @@ def _model_generate_fn(args):
     if missing:
         raise SystemExit(f"--generator model needs {', '.join(missing)}")
     from .inference.loading import load_generator
-    from .inference.sampling import SamplingParams
     generator = load_generator(cli_common.config_for_checkpoint(args, args.checkpoint),
                                args.checkpoint, args.tokenizer_dir,
                                args.mode, args.device_target, adapter=args.adapter)
 
-    def generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed, stop_fn):
+    def generate_fn(prompts, *, max_new_tokens, sampling, seed, stop_fn):
         # The generator's stop callback returns the final text (or None to go on); the full
         # text is kept here and cut by generate_samples with the same rule.
         completions = generator.generate(
-            prompts, max_new_tokens, SamplingParams(temperature, 0, top_p), seed=seed,
+            prompts, max_new_tokens, sampling, seed=seed,
             stop_fn=lambda text: text if stop_fn(text) else None, truncate="left")
         return [c.text for c in completions]
 
@@ -157,11 +157,11 @@ def step_generate(args, generate_fn=None) -> None:
     tracks = _tracks(args)
     languages = {t.language for t in tracks} | {t.source for t in tracks if t.source}
     problems = _load(sorted(languages), args)
-    cfg = SamplingConfig(args.samples_per_problem, args.temperature, args.top_p,
-                         args.max_new_tokens, args.batch_size, args.seed)
+    cfg = GenerateStep(args.samples_per_problem, SamplingParams(args.temperature, 0, args.top_p),
+                       args.max_new_tokens, args.batch_size, args.seed)
     run_config = {"task": args.task, "source_language": args.source_language,
                   "generator": "custom" if generate_fn else args.generator,
-                  "temperature": cfg.temperature, "top_p": cfg.top_p,
+                  "temperature": args.temperature, "top_p": args.top_p,
                   "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
     _check_run_config(args.output_dir / "run_config.json", run_config)
     canonical = generate_fn is None and args.generator == "canonical"

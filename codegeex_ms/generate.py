@@ -96,9 +96,7 @@ def main(argv=None) -> int:
     inf = cfg.inference
     from codegeex_ms.inference.sampling import SamplingParams
     try:
-        sampling = SamplingParams(inf.temperature if args.temperature is None else args.temperature,
-                                  inf.top_k if args.top_k is None else args.top_k,
-                                  inf.top_p if args.top_p is None else args.top_p)
+        sampling = SamplingParams.from_config(inf, args.temperature, args.top_k, args.top_p)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if args.num_samples < 1:

@@ -16,12 +16,11 @@ import os
 import sys
 from typing import Optional
 
+from . import cli as cli_common
 from .checkpoint import dtypes
-from .checkpoint.base import TensorInfo
-from .checkpoint.errors import CheckpointError
-from .checkpoint.layout import check_layout, infer_sizes, release_layout, sizes_of
-from .checkpoint.sources import open_weights
-from .checkpoint.writers import output_format, write_checkpoint
+from .checkpoint.layout import sizes_of
+from .checkpoint.rewrite import Transform, rewrite_checkpoint
+from .checkpoint.writers import output_format
 from .config import DTYPES
 from .model.quant import (METADATA_KEY, SCALE_DTYPE, is_quantized_layout, is_quantized_weight,
                           quantize_tensors, quantized_infos)
@@ -29,7 +28,20 @@ from .model.quant import (METADATA_KEY, SCALE_DTYPE, is_quantized_layout, is_qua
 SCHEME = "int8 per output row, scale = absmax/127 (float32), symmetric [-127, 127]"
 FORMATS = ("ckpt", "safetensors")
 
-logger = logging.getLogger(__name__)
+
+def _refuse_int8(weights) -> None:
+    if weights.metadata.get(METADATA_KEY) == "int8" or is_quantized_layout(weights.infos):
+        raise ValueError(f"{weights.path} is already an INT8 checkpoint; give the float checkpoint.")
+
+
+def _int8_metadata(weights, sizes) -> dict:
+    metadata = {METADATA_KEY: "int8", "weight_quant_scheme": SCHEME}
+    if sizes.num_attention_heads is not None:
+        metadata["num_attention_heads"] = str(sizes.num_attention_heads)
+    return metadata
+
+
+INT8 = Transform(refuse=_refuse_int8, infos=quantized_infos, tensors=quantize_tensors, metadata=_int8_metadata)
 
 
 def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optional[str] = None,
@@ -45,35 +57,11 @@ def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optiona
     if fmt not in FORMATS:
         raise ValueError(f"{output_path}: INT8 checkpoints are written as .ckpt or .safetensors "
                          f"(the .pt release format has no place for the scales); change the extension.")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
-        raise ValueError(f"input and output are the same file ({output_path}); choose another output path.")
-    with open_weights(input_path) as weights:
-        if weights.metadata.get(METADATA_KEY) == "int8" or is_quantized_layout(weights.infos):
-            raise ValueError(f"{input_path} is already an INT8 checkpoint; give the float checkpoint.")
-        shapes = {name: info.shape for name, info in weights.infos.items()}
-        heads = model_config.num_heads if model_config is not None else None
-        if heads is None and weights.metadata.get("num_attention_heads", "").isdigit():
-            heads = int(weights.metadata["num_attention_heads"])
-        sizes = sizes_of(model_config) if model_config is not None else infer_sizes(shapes, heads)
-        layout = release_layout(sizes)
-        check_layout(shapes, layout, what=f"{input_path} (against the model sizes {sizes})")
-        source = {name: TensorInfo(shape, dtype or weights.infos[name].dtype)
-                  for name, shape in layout.items()}
-        infos = quantized_infos(source)
-        metadata = {METADATA_KEY: "int8", "weight_quant_scheme": SCHEME}
-        if sizes.num_attention_heads is not None:
-            metadata["num_attention_heads"] = str(sizes.num_attention_heads)
-
-        def tensors():
-            for name, info in source.items():
-                yield name, weights.read(name).astype(dtypes.np_dtype(info.dtype), copy=False)
-
-        write_checkpoint(output_path, infos, quantize_tensors(tensors()), fmt, metadata, progress)
-        linear_in = sum(weights.infos[n].numel * dtypes.itemsize(weights.infos[n].dtype)
-                        for n in layout if is_quantized_weight(n))
-    linear_out = sum(i.numel * dtypes.itemsize(i.dtype) for n, i in infos.items()
+    done = rewrite_checkpoint(input_path, output_path, fmt, INT8, dtype,
+                              sizes=sizes_of(model_config) if model_config is not None else None,
+                              progress=progress)
+    linear_in = sum(i.numel * dtypes.itemsize(i.dtype) for n, i in done.inputs.items() if is_quantized_weight(n))
+    linear_out = sum(i.numel * dtypes.itemsize(i.dtype) for n, i in done.outputs.items()
                      if i.dtype == "int8" or n.endswith("weight_scale"))
     return {"linear_in": linear_in, "linear_out": linear_out, "file_in": os.path.getsize(input_path),
             "file_out": os.path.getsize(output_path)}
@@ -81,7 +69,6 @@ def quantize_checkpoint(input_path, output_path, model_config=None, fmt: Optiona
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
     parser = cli_common.ArgumentParser(
         prog="python -m codegeex_ms.quantize", description=__doc__.split("\n\n", 1)[0],
         epilog="Examples:\n"
@@ -105,18 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; returns the process exit status."""
-    from . import cli as cli_common  # pylint: disable=import-outside-toplevel
-    from .config import ConfigError  # pylint: disable=import-outside-toplevel
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        model_config = (cli_common.config_for_checkpoint(args, args.input).model
-                        if args.config or args.overrides else None)
-        out = quantize_checkpoint(args.input, args.output, model_config, dtype=args.dtype,
-                                  progress=not args.quiet)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model_config = (cli_common.config_for_checkpoint(args, args.input).model
+                    if args.config or args.overrides else None)
+    out = quantize_checkpoint(args.input, args.output, model_config, dtype=args.dtype, progress=not args.quiet)
     print(f"wrote {args.output}: linear weights {out['linear_in'] / 2**20:.1f} MiB -> "
           f"{out['linear_out'] / 2**20:.1f} MiB (int8 + {SCALE_DTYPE} row scales); file "
           f"{out['file_in'] / 2**20:.1f} MiB -> {out['file_out'] / 2**20:.1f} MiB")
@@ -124,5 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from codegeex_ms import cli as cli_common
     sys.exit(cli_common.run(main))

@@ -35,10 +35,10 @@ class FakeGenerator:
         self.calls = []
         self.fail_after = fail_after
 
-    def __call__(self, prompts, *, max_new_tokens, temperature, top_p, seed, stop_fn):
+    def __call__(self, prompts, *, max_new_tokens, sampling, seed, stop_fn):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
-        self.calls.append({"n": len(prompts), "temperature": temperature, "top_p": top_p,
+        self.calls.append({"n": len(prompts), "temperature": sampling.temperature, "top_p": sampling.top_p,
                            "seed": seed, "max_new_tokens": max_new_tokens})
         out = []
         for prompt in prompts:

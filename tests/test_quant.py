@@ -26,6 +26,7 @@ from codegeex_ms.parallel import apply_shard_plan, check_shard_plan, parameter_s
 from codegeex_ms.env.paths import REPO_ROOT, shared_data_dir
 from codegeex_ms.budget.training import build_plan
 from codegeex_ms.model.quant import checkpoint_weight_quant, load_quantized, quantize_into
+from codegeex_ms import cli
 from codegeex_ms.quantize import main as quantize_main
 
 FIXTURE_CONFIG = "ascend_configs/tiny_fixture.yaml"
@@ -214,7 +215,7 @@ def test_int8_logits_stay_close_to_fp32(golden, fixture_nets, which):
 
 def run_quantize(*args):
     """``python -m codegeex_ms.quantize`` in-process; returns its exit status."""
-    return quantize_main(["--quiet", *args])
+    return cli.run(quantize_main, ["--quiet", *args])
 
 
 @pytest.fixture(scope="module")

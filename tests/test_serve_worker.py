@@ -12,7 +12,7 @@ from codegeex_ms.inference.generator import Generator
 from codegeex_ms.inference.sampling import SamplingParams
 from codegeex_ms.model import CodeGeeX
 from codegeex_ms.env.paths import REPO_ROOT
-from codegeex_ms.serve.worker import Job, ModelWorker, QueueFull
+from codegeex_ms.serve.worker import DoneEvent, ErrorEvent, Job, ModelWorker, QueueFull, TextEvent
 from test_serve_support import TINY, require_shared_data
 
 GREEDY = SamplingParams(0.0)
@@ -33,9 +33,9 @@ async def outcome(job, on_text=None):
     """The job's final event; ``on_text(job, row, text)`` sees streamed text first."""
     while True:
         event = await job.events.get()
-        if event[0] == "text":
+        if isinstance(event, TextEvent):
             if on_text:
-                on_text(job, event[1], event[2])
+                on_text(job, event.row, event.text)
             continue
         return event
 
@@ -67,17 +67,17 @@ def test_jobs_with_any_settings_share_the_pool_with_their_lone_results(generator
         return worker, jobs, events, streamed
 
     worker, jobs, events, streamed = asyncio.run(main())
-    assert [e[0] for e in events] == ["done"] * 4
+    assert [type(e) for e in events] == [DoneEvent] * 4
     for job, event, want in zip(jobs, events, alone_greedy):
         # Rows of a pool are independent (own cache row, positions and mask): the logits equal
         # the lone run's to float rounding (~1e-6), so greedy tokens agree.
-        assert event[1][0].token_ids == want
-        assert streamed[id(job)] == event[1][0].text
+        assert event.completions[0].token_ids == want
+        assert streamed[id(job)] == event.completions[0].text
     # The seeded job (5 rows with the others > 4 slots: it waited for a free slot) draws the
     # same samples as Generator.generate with that seed: row j samples with [seed, j].
-    assert [c.token_ids for c in events[3][1]] == alone_seeded
+    assert [c.token_ids for c in events[3].completions] == alone_seeded
     assert worker.stats.completed == 4
-    assert worker.stats.completion_tokens == 36 + sum(len(c.token_ids) for c in events[3][1])
+    assert worker.stats.completion_tokens == 36 + sum(len(c.token_ids) for c in events[3].completions)
     assert worker.stats.batch_rows <= 4 * worker.stats.batches     # never more rows than slots
 
 
@@ -104,9 +104,9 @@ def test_queue_limit_cancellation_failure_and_drain(generator):
         return worker, failed, ended, await outcome(after)
 
     worker, failed, ended, after = asyncio.run(main())
-    assert failed[0] == "error" and "250 prompt tokens + max_new_tokens=10" in failed[1]
-    assert ended[0] == "done" and ended[1][0].finish_reason == "cancelled"
-    assert 1 <= len(ended[1][0].token_ids) < 200                  # stopped soon after cancelling
-    assert after[0] == "done" and len(after[1][0].token_ids) == 3
+    assert isinstance(failed, ErrorEvent) and "250 prompt tokens + max_new_tokens=10" in failed.message
+    assert isinstance(ended, DoneEvent) and ended.completions[0].finish_reason == "cancelled"
+    assert 1 <= len(ended.completions[0].token_ids) < 200         # stopped soon after cancelling
+    assert isinstance(after, DoneEvent) and len(after.completions[0].token_ids) == 3
     s = worker.stats
     assert (s.rejected, s.cancelled, s.failed, s.completed) == (1, 2, 1, 1)

@@ -180,7 +180,7 @@ def verified_steps(ckpts):
 def watch_checkpoint_dir(monkeypatch, ckpts, invariant):
     """Check ``invariant(verified steps)`` after every rename and delete in ``ckpts``."""
     from codegeex_ms.checkpoint import atomic
-    from codegeex_ms.train import checkpoint as train_checkpoint
+    from codegeex_ms.train import snapshots
     seen = []
 
     def wrap(owner, name):
@@ -194,8 +194,8 @@ def watch_checkpoint_dir(monkeypatch, ckpts, invariant):
                 seen.append(steps)
             return result
         monkeypatch.setattr(owner, name, watched)
-    wrap(train_checkpoint, "_remove")
-    wrap(train_checkpoint, "_rename")
+    wrap(snapshots, "_remove")
+    wrap(snapshots, "_rename")
     wrap(atomic.os, "replace")
     return seen
 
@@ -240,7 +240,7 @@ def test_full_disk_then_kill_mid_save_then_resume_is_bitwise(reference, tmp_path
     run is killed between renaming a checkpoint and writing its manifest; a second resume
     finishes: every loss and the final weights equal the uninterrupted run's."""
     from codegeex_ms.checkpoint import atomic
-    from codegeex_ms.train import checkpoint as train_checkpoint
+    from codegeex_ms.train import snapshots
 
     class Killed(BaseException):
         pass
@@ -248,7 +248,7 @@ def test_full_disk_then_kill_mid_save_then_resume_is_bitwise(reference, tmp_path
     out = tmp_path / "run"
     ckpts = copy_run(reference, out, [100])
     cfg = scenario_config(tmp_path, out, keep=3)
-    real_save = train_checkpoint.ms.save_checkpoint
+    real_save = snapshots.ms.save_checkpoint
 
     def full_at_140(params, path, **kwargs):
         if "step_00000140" in path:
@@ -256,7 +256,7 @@ def test_full_disk_then_kill_mid_save_then_resume_is_bitwise(reference, tmp_path
                 f.write(b"\x0a\x05part")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(params, path, **kwargs)
-    monkeypatch.setattr(train_checkpoint.ms, "save_checkpoint", full_at_140)
+    monkeypatch.setattr(snapshots.ms, "save_checkpoint", full_at_140)
     with pytest.raises(OSError, match="No space"):
         train_in_process(cfg, resume=True)
     monkeypatch.undo()

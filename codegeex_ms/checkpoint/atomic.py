@@ -65,9 +65,9 @@ def file_digest(path) -> Tuple[int, str]:
             size += len(block)
 
 
-def fsync_dir(directory) -> None:
-    """Make renames and unlinks in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path) -> None:
+    """Make ``path`` durable: a file's data, or the renames and unlinks in a directory."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -148,7 +148,7 @@ def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
     """
     path = Path(path)
     record = read_manifest(path)
-    if record is not None and _VERIFIED.get(str(path.resolve())) == (_identity(path), record["sha256"]):
+    if record is not None and _VERIFIED.get(str(path.resolve())) == (file_identity(path), record["sha256"]):
         return True  # verified by this process and unchanged since
     if not path.is_file():
         detail = "is missing" + (f" (its manifest {manifest_path(path).name} remains)" if record else "")
@@ -165,7 +165,7 @@ def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
         raise IntegrityError(path, reason, f"has {size} bytes, its manifest says {record['size']} "
                              f"({'truncated' if reason == 'truncated' else 'extended or replaced'}); "
                              "the file is damaged: re-create it or use another checkpoint")
-    identity = _identity(path)
+    identity = file_identity(path)
     if stamp and _stamp_matches(path, identity, record["sha256"]):
         _VERIFIED[str(path.resolve())] = (identity, record["sha256"])
         return True
@@ -179,7 +179,7 @@ def verify_file(path, required: bool = True, stamp: bool = False) -> bool:
     return True
 
 
-def _identity(path: Path):
+def file_identity(path: Path):
     """What changes when a file is rewritten or touched: (size, mtime in ns, inode)."""
     try:
         st = path.stat()
@@ -201,29 +201,31 @@ def replace_with_manifest(tmp, path) -> Path:
     except Exception:
         path.unlink(missing_ok=True)  # data nobody can verify are not left under the final name
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return target
 
 
 @contextlib.contextmanager
-def atomic_output(path):
-    """Yield a binary file (read/write, seekable) that becomes ``path`` only on success.
-
-    The data go to a hidden temporary file in the same directory, which is flushed, fsynced,
-    hashed and renamed onto ``path`` with its manifest (:func:`replace_with_manifest`) when the
-    block exits normally, and deleted when it raises.
-    """
+def atomic_path(path, suffix: str = ".part"):
+    """Yield a hidden temporary path (ending in ``suffix``) in the directory of ``path``; what the
+    block writes there is fsynced, hashed and renamed onto ``path`` with its manifest
+    (:func:`replace_with_manifest`) when the block exits normally, and deleted when it raises."""
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output directory {path.parent} does not exist; create it first.")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
     try:
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fsync_path(tmp)
         replace_with_manifest(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a binary file (read/write, seekable) that becomes ``path`` only on success (see
+    :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), "w+b") as f:
+        yield f

@@ -1,8 +1,8 @@
 """The generate and execute steps, resumable: each appends one JSON line per finished sample.
 
 Generate: model completions for every (track, problem, sample index), appended to
-``samples.jsonl``. Generation goes through ``generate_fn(prompts, *, max_new_tokens, temperature,
-top_p, seed, stop_fn) -> list[str]``: completion texts (without the prompt) for a batch of model
+``samples.jsonl``. Generation goes through ``generate_fn(prompts, *, max_new_tokens, sampling,
+seed, stop_fn) -> list[str]`` (``sampling``: an ``inference.sampling.SamplingParams``): completion texts (without the prompt) for a batch of model
 inputs, where ``stop_fn(completion_text) -> bool`` tells the decoder a completion is finished (an
 incremental :class:`~.stopping.IncrementalStopFn`: asking after every token scans only new text).
 With the model (``codegeex_ms.evaluate``) a batch runs on the slot scheduler: batches hold
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from codegeex_ms.inference.sampling import SamplingParams
 
 from .assembly import assemble_program
 from .execution import ERROR, Executor, Outcome
@@ -91,12 +93,11 @@ class JsonlWriter:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """Decoding settings of the generate step (reference: HumanEval sampling T=0.8, top-p 0.95)."""
+class GenerateStep:
+    """Settings of the generate step (reference: HumanEval sampling T=0.8, top-p 0.95)."""
 
     samples_per_problem: int = 200
-    temperature: float = 0.8
-    top_p: float = 0.95
+    sampling: SamplingParams = SamplingParams(temperature=0.8, top_p=0.95)
     max_new_tokens: int = 512
     batch_size: int = 8
     seed: int = 1234
@@ -119,7 +120,7 @@ def pending_samples(tracks, problems: dict, n: int, done: set) -> list:
     return todo
 
 
-def generate_samples(tracks, problems: dict, generate_fn, samples_path, cfg: SamplingConfig,
+def generate_samples(tracks, problems: dict, generate_fn, samples_path, cfg: GenerateStep,
                      truncate: bool = True, progress: bool = True) -> int:
     """Generate the samples missing from ``samples_path``; return how many were added.
 
@@ -146,9 +147,8 @@ def generate_samples(tracks, problems: dict, generate_fn, samples_path, cfg: Sam
                        for _, task_id, _ in batch]
             seed = (cfg.seed + zlib.crc32(track.name.encode()) + 1_000_003 * task_number(first_task)
                     + first_idx) % (2 ** 31)
-            texts = generate_fn(prompts, max_new_tokens=cfg.max_new_tokens,
-                                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                                stop_fn=make_stop_fn(track.language))
+            texts = generate_fn(prompts, max_new_tokens=cfg.max_new_tokens, sampling=cfg.sampling,
+                                seed=seed, stop_fn=make_stop_fn(track.language))
             if len(texts) != len(prompts):
                 raise RuntimeError(f"generate_fn returned {len(texts)} completions for "
                                    f"{len(prompts)} prompts")

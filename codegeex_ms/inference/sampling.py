@@ -25,6 +25,13 @@ class SamplingParams:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
+    @classmethod
+    def from_config(cls, inference, temperature=None, top_k=None, top_p=None) -> "SamplingParams":
+        """The settings of the ``inference`` config section (``config.InferenceConfig``), each
+        replaced by the argument of the same name where that is not None."""
+        return cls(inference.temperature if temperature is None else temperature,
+                   inference.top_k if top_k is None else top_k, inference.top_p if top_p is None else top_p)
+
 
 def mask_padding_rows(logits: np.ndarray, real_vocab_size: int) -> np.ndarray:
     """Copy of ``logits`` [B, V] with padding rows (ids >= real_vocab_size) set to -inf."""

@@ -7,7 +7,7 @@
   :func:`~codegeex_ms.lora.adapters.apply_lora` with ``train.seed``. The optimizer is built over
   ``trainable_params()``, i.e. the FP32 adapters only, so its Adam moments are FP32 too.
 * Checkpoints: frozen base parameters are left out of training checkpoints
-  (``train.checkpoint.state_parameters`` skips :func:`~codegeex_ms.lora.layers.is_frozen`), and
+  (``train.snapshots.state_parameters`` skips :func:`~codegeex_ms.lora.layers.is_frozen`), and
   :meth:`meta` adds the base's identity, which :meth:`check_resume` compares on ``--resume``.
 * Export: ``adapter_final.ckpt`` (see :mod:`codegeex_ms.lora.adapters`) instead of the full weights.
 """

@@ -36,13 +36,17 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from codegeex_ms.config import InferenceConfig
+from codegeex_ms.data.languages import Languages
+from codegeex_ms.data.tokenizer import CodeGeeXTokenizer
 from codegeex_ms.inference.prompts import (completion_prompt, explanation_prompt,
                                            resolve_language, translation_prompt)
 from codegeex_ms.serve.chat import render_chat
 from codegeex_ms.serve.schemas import (ChatBody, CodeCompleteBody, CodeExplainBody,
                                        CodeTranslateBody, CompletionBody, GenerationOptions, Limits,
                                        RequestError, generation_options, parse_body)
-from codegeex_ms.serve.worker import Job, ModelWorker, QueueFull, ShuttingDown
+from codegeex_ms.serve.worker import (DoneEvent, ErrorEvent, Job, ModelWorker, QueueFull, ShuttingDown,
+                                      TextEvent)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -52,9 +56,9 @@ class ServeContext:
     """What the handlers share: the worker (which owns the generator) and request policy."""
 
     worker: ModelWorker
-    tokenizer: object            # encode_batch(list[str]) -> list[list[int]]
-    languages: object            # codegeex_ms.data.languages.Languages
-    defaults: object             # codegeex_ms.config.InferenceConfig
+    tokenizer: CodeGeeXTokenizer
+    languages: Languages
+    defaults: InferenceConfig
     limits: Limits
     model_name: str
     stop_languages: frozenset = frozenset()   # display names that have an end-of-function rule
@@ -255,9 +259,9 @@ async def generate(ctx: ServeContext, request: Request, prompts: list, opts: Gen
     event = await _outcome_or_disconnect(ctx.worker, job, request)
     if event is None:   # the client left; nobody reads this answer
         return Response(status_code=499)
-    if event[0] == "error":
-        raise RequestError(event[1], status=500, kind="server_error")
-    outs = event[1]
+    if isinstance(event, ErrorEvent):
+        raise RequestError(event.message, status=500, kind="server_error")
+    outs = event.completions
     return JSONResponse({**meta, "choices": [fmt.choice(i, c, rows_prompt[i]) for i, c in enumerate(outs)],
                          "usage": _usage(prompt_tokens, outs)})
 
@@ -374,16 +378,16 @@ async def _events(job: Job, meta: dict, fmt, rows_prompt: list, usage_prompt_tok
             yield _sse({**meta, "choices": [first]})
     while True:
         event = await job.events.get()
-        if event[0] == "text":
-            yield _sse({**meta, "choices": [fmt.chunk(event[1], event[2])]})
-        elif event[0] == "done":
-            for i, c in enumerate(event[1]):
+        if isinstance(event, TextEvent):
+            yield _sse({**meta, "choices": [fmt.chunk(event.row, event.text)]})
+        elif isinstance(event, DoneEvent):
+            for i, c in enumerate(event.completions):
                 yield _sse({**meta, "choices": [fmt.final(i, c)]})
             if usage_prompt_tokens is not None:
-                yield _sse({**meta, "choices": [], "usage": _usage(usage_prompt_tokens, event[1])})
+                yield _sse({**meta, "choices": [], "usage": _usage(usage_prompt_tokens, event.completions)})
             break
         else:
-            yield _sse(RequestError(event[1], status=500, kind="server_error").body())
+            yield _sse(RequestError(event.message, status=500, kind="server_error").body())
             break
     yield _sse("[DONE]")
 

@@ -285,10 +285,7 @@ def generation_options(body: _Body, defaults, limits: Limits, prompts: int = 1) 
     if rows > limits.max_request_rows:
         raise RequestError(f"n: {prompts} prompt(s) × n={body.n} = {rows} completions; at most "
                            f"{limits.max_request_rows} per request", "n")
-    sampling = SamplingParams(
-        defaults.temperature if body.temperature is None else body.temperature,
-        defaults.top_k if body.top_k is None else body.top_k,
-        defaults.top_p if body.top_p is None else body.top_p)
+    sampling = SamplingParams.from_config(defaults, body.temperature, body.top_k, body.top_p)
     logprobs = getattr(body, "logprobs", None)
     if isinstance(body, ChatBody):
         logprobs = (body.top_logprobs or 0) if body.logprobs else None

@@ -34,12 +34,31 @@ class ShuttingDown(Exception):
     """The worker takes no new jobs: the server is draining (HTTP 503)."""
 
 
+@dataclass(frozen=True)
+class TextEvent:
+    """New text of row ``row`` (streamed jobs only)."""
+    row: int
+    text: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The job's last event when it ran: one ``Completion`` per row."""
+    completions: list
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The job's last event when it failed."""
+    message: str
+
+
 @dataclass(eq=False)
 class Job:
     """One request: token ids per row (prompt i's n copies are rows i*n .. i*n+n-1) and options.
 
-    Events on ``events``: ``("text", row, str)`` (streamed jobs only), then one ``("done",
-    [Completion per row])`` or ``("error", message)``. Row j of a seeded job samples with the
+    Events on ``events``: :class:`TextEvent` (streamed jobs only), then one :class:`DoneEvent` or
+    :class:`ErrorEvent`. Row j of a seeded job samples with the
     generator ``[seed, j]``, whichever rows it shares the pool with.
     """
 
@@ -56,7 +75,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
-    def post(self, event: tuple) -> None:
+    def post(self, event: TextEvent | DoneEvent | ErrorEvent) -> None:
         """Thread-safe: put ``event`` on this job's queue (dropped if the loop is gone)."""
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -190,7 +209,7 @@ class ModelWorker:
             requests.append(Request(
                 job.rows[first], job.max_tokens, job.sampling, n=n, seed=job.seed, seed_offset=first,
                 stop=job.stop, stop_fn=stop_fn, penalties=job.penalties, logprobs=job.logprobs,
-                on_text=(lambda i, text, first=first: job.post(("text", first + i, text)))
+                on_text=(lambda i, text, first=first: job.post(TextEvent(first + i, text)))
                 if job.stream else None,
                 on_done=lambda results, first=first: finished(first, results),
                 should_stop=lambda _i: "cancelled" if job.cancelled else None))
@@ -201,7 +220,7 @@ class ModelWorker:
                 self.scheduler.check(req)
         except ValueError as e:
             self.stats.failed += 1
-            job.post(("error", f"generation failed: {e}"))
+            job.post(ErrorEvent(f"generation failed: {e}"))
             return
         self._running[job] = requests
         for req in requests:
@@ -215,7 +234,7 @@ class ModelWorker:
                 self.stats.cancelled += 1
             else:
                 self.stats.completed += 1
-        job.post(("done", outs))
+        job.post(DoneEvent(outs))
 
     def _fail_running(self, message: str) -> None:
         self.scheduler.reset()
@@ -225,4 +244,4 @@ class ModelWorker:
             self.stats.failed += len(jobs)
             self.running_rows = 0
         for job in jobs:
-            job.post(("error", message))
+            job.post(ErrorEvent(message))

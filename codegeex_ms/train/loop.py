@@ -26,7 +26,7 @@ from codegeex_ms.model import CodeGeeXWithLoss
 from codegeex_ms.model.build import build_model
 from codegeex_ms.parallel import apply_shard_plan
 from codegeex_ms.train import metrics
-from codegeex_ms.train.checkpoint import CheckpointManager, restore
+from codegeex_ms.train.snapshots import CheckpointManager, restore
 from codegeex_ms.train.data import check_data, micro_batches
 from codegeex_ms.train.distributed import Topology, all_gather_ints, init_topology, set_fusion_groups
 from codegeex_ms.train.dropout import install_stateless_dropout, use_stateless

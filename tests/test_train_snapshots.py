@@ -19,8 +19,8 @@ from codegeex_ms.budget.training import flops_per_token
 from codegeex_ms.train import metrics
 from codegeex_ms.checkpoint import atomic
 from codegeex_ms.checkpoint.atomic import manifest_path
-from codegeex_ms.train import checkpoint as train_checkpoint
-from codegeex_ms.train.checkpoint import CheckpointManager, StateMismatch, read_checkpoint, restore
+from codegeex_ms.train import snapshots
+from codegeex_ms.train.snapshots import CheckpointManager, StateMismatch, read_checkpoint, restore
 from codegeex_ms.train.data import micro_batches
 
 
@@ -194,7 +194,7 @@ def test_kill_at_every_point_of_the_save_sequence_loses_nothing(tmp_path, monkey
         manager = saved(tmp_path / f"p{i}", [2, 4, 6])
         calls = [0]
         if name == "save_checkpoint":
-            monkeypatch.setattr(train_checkpoint.ms, "save_checkpoint", _partial_save)
+            monkeypatch.setattr(snapshots.ms, "save_checkpoint", _partial_save)
         else:
             owner = next(o for o, n in PRIMITIVES if n == name)
             real = getattr(owner, name)
@@ -230,7 +230,7 @@ def test_full_disk_leaves_the_previous_checkpoints(tmp_path, monkeypatch, where)
                 f.write(b"\x0a\x05partial")
         raise OSError(errno.ENOSPC, "No space left on device")
     if where == "data":
-        monkeypatch.setattr(train_checkpoint.ms, "save_checkpoint", no_space)
+        monkeypatch.setattr(snapshots.ms, "save_checkpoint", no_space)
     else:
         monkeypatch.setattr(atomic, "write_manifest", no_space)
     with pytest.raises(OSError, match="No space"):

@@ -4,9 +4,8 @@ counter) plus a JSON ``meta`` record (step, data position, RNG seed and micro-st
 save and rank, each with a checksum manifest.
 
 Files in a rank's directory: ``step_<8 digits>.ckpt`` with ``step_<8 digits>.ckpt.manifest.json``
-(size and sha256 of the whole file, see :mod:`codegeex_ms.checkpoint.atomic`). A save writes a
-hidden temporary file, fsyncs and hashes it, renames it and then writes the manifest atomically,
-so a crash at any point leaves the previous checkpoints untouched and at worst a newest file
+(size and sha256 of the whole file). A save goes through :func:`codegeex_ms.checkpoint.atomic.atomic_path`
+(hidden temporary file, fsync, hash, rename, then the manifest atomically), so a crash at any point leaves the previous checkpoints untouched and at worst a newest file
 without a manifest.
 
 A checkpoint is *verified* when it matches its manifest; only then does MindSpore open it. Rules:
@@ -28,8 +27,8 @@ from typing import Optional
 
 import mindspore as ms
 
-from codegeex_ms.checkpoint.atomic import (IntegrityError, fsync_dir, manifest_path,
-                                           replace_with_manifest, verify_file)
+from codegeex_ms.checkpoint.atomic import (IntegrityError, atomic_path, file_identity, fsync_path,
+                                           manifest_path, verify_file)
 from codegeex_ms.lora.layers import is_frozen
 
 logger = logging.getLogger("codegeex_ms.train")
@@ -83,17 +82,6 @@ def read_checkpoint(path, expected_names) -> tuple:
     return params, json.loads(meta)
 
 
-def _write_data(state, meta: dict, tmp: Path) -> None:
-    """Serialize ``state`` and ``meta`` to ``tmp`` and fsync it."""
-    params = [{"name": name, "data": param} for name, param in state_parameters(state)]
-    ms.save_checkpoint(params, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointManager:
     """Saves, verifies, rotates and quarantines the checkpoints of one rank in ``directory``."""
 
@@ -117,12 +105,9 @@ class CheckpointManager:
         """Write ``state`` and ``meta`` (JSON-serialisable) as the checkpoint of ``step``, then
         rotate (see the module docstring)."""
         final = self.path(step)
-        tmp = self.directory / f".step_{step:08d}.{secrets.token_hex(4)}.ckpt"
-        try:
-            _write_data(state, meta, tmp)
-            replace_with_manifest(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(final, suffix=".ckpt") as tmp:  # MindSpore appends .ckpt to other names
+            params = [{"name": name, "data": param} for name, param in state_parameters(state)]
+            ms.save_checkpoint(params, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
         self._remember(step)
         self.rotate()
         return final
@@ -131,7 +116,7 @@ class CheckpointManager:
         """Verify the checkpoint of ``step`` against its manifest (IntegrityError if damaged);
         a file already verified by this process and unchanged since is not hashed again."""
         path = self.path(step)
-        if step in self._verified and self._stat(path) == self._verified[step]:
+        if step in self._verified and file_identity(path) == self._verified[step]:
             return
         self._verified.pop(step, None)
         verify_file(path, required=True)
@@ -156,7 +141,7 @@ class CheckpointManager:
             _remove(manifest_path(self.path(step)))  # without its manifest it no longer counts
             _remove(self.path(step))
             self._verified.pop(step, None)
-        fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def quarantine(self, step: int, err: IntegrityError) -> None:
         """Rename the damaged checkpoint of ``step`` (and its manifest) to
@@ -171,7 +156,7 @@ class CheckpointManager:
         if manifest_path(path).exists():
             _rename(manifest_path(path), manifest_path(target))
         self._verified.pop(step, None)
-        fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def load(self, step: int, state) -> tuple:
         """``(param_dict, meta)`` of the verified checkpoint of ``step`` for ``state``."""
@@ -188,15 +173,7 @@ class CheckpointManager:
         return None
 
     def _remember(self, step: int) -> None:
-        self._verified[step] = self._stat(self.path(step))
-
-    @staticmethod
-    def _stat(path: Path):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_size, st.st_mtime_ns, st.st_ino)
+        self._verified[step] = file_identity(self.path(step))
 
 
 def _remove(path: Path) -> None:
