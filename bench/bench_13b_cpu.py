@@ -10,7 +10,9 @@ Steps (each in a fresh child process; time and peak RSS per step):
 - ``quantize``: FP16 -> ``codegeex_13b_int8.safetensors`` (W8A16, ``codegeex_ms.quantize``); the
   FP16 file is deleted afterwards unless ``--keep``;
 - ``generate``: config ``infer_13b_cpu_int8`` (INT8 linears, FP16 embeddings, FP32 compute,
-  fused W8A16 kernel and FP16-weight head kernel, PyNative with blocking launches — graph mode on CPU keeps every intermediate of a compiled forward
+  fused W8A16 kernel and FP16-weight head kernel, PyNative with blocking launches, the decode
+  step alone compiled as one graph (``SlotKVCache(jit_decode=True)``; ``BENCH_JIT_DECODE=0`` runs
+  it op by op) — graph mode on CPU keeps every intermediate of a compiled forward
   alive, +0.13 GiB per layer; ``BENCH_MODE=graph`` to measure it anyway): measure the memory bandwidth (NumPy streaming read: best of
   several float32 GEMVs over a 512 MiB matrix, which read it once), map the INT8 file
   (``model.quant.load_quantized_mmap``: the parameters are views of the file's pages, one copy),
@@ -128,8 +130,9 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
     import numpy as np
     import mindspore as ms
     from codegeex_ms.config import load_config
-    from codegeex_ms.inference.generator import Generator
     from codegeex_ms.inference.sampling import SamplingParams
+    from codegeex_ms.inference.scheduler import Request, SlotScheduler
+    from codegeex_ms.model.kv_cache import SlotKVCache
     from codegeex_ms.model.build import build_model
     from codegeex_ms.model.quant import weight_bytes
     from codegeex_ms.budget.inference import build_inference_plan
@@ -154,7 +157,12 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
     # one decode step reads every weight once except the two position tables (one row each)
     positions = 2 * cfg.model.max_position_embeddings * cfg.model.hidden_size * 2
     step_bytes = sizes["total"] - positions
-    gen = Generator(net, _IdTokenizer(), max_length=PROMPT_TOKENS + NEW_TOKENS)
+    net.set_train(False)
+    # the generator's greedy path (a slot scheduler over a one-row pool, cache length 160), built
+    # here so the pool's decode step can run as one compiled graph (PyNative otherwise)
+    jit_decode = mode != "graph" and os.environ.get("BENCH_JIT_DECODE", "1") == "1"
+    cache = SlotKVCache(net, 1, PROMPT_TOKENS + NEW_TOKENS, cfg.model.eod_token_id, jit_decode=jit_decode)
+    sched = SlotScheduler(cache, _IdTokenizer(), eod=_IdTokenizer.eod_id, real_vocab_size=cfg.model.real_vocab_size)
     prompt = np.random.default_rng(seed).integers(0, cfg.model.real_vocab_size, PROMPT_TOKENS).tolist()
     stamps = []   # time of each new token's text: per-step intervals, the compile-free decode rate
 
@@ -164,17 +172,18 @@ def generate(int8_path: Path, seed: int, overrides=(), budget_s: float = None) -
             memory["prefilled"] = memory_kinds()
 
     start = time.perf_counter()
-    out = gen.generate([prompt], NEW_TOKENS, SamplingParams(temperature=0.0), on_text=on_text,
-                       should_stop=lambda _row: ("time budget" if time.perf_counter() - start > budget_s
-                                                 else None))
+    request = Request(prompt, NEW_TOKENS, SamplingParams(temperature=0.0), on_text=on_text,
+                      should_stop=lambda _i: "time budget" if time.perf_counter() - start > budget_s else None)
+    sched.submit(request)
+    sched.run()
     total_s = time.perf_counter() - start
     memory["end"] = memory_kinds()
-    timing = gen.timing
+    timing, out = sched.stats, request.results
     steps = np.diff(stamps[1:])   # the first interval holds the decode graph's compilation
     plan = build_inference_plan(cfg, capacity_gib=os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB,
                                 device="cpu")
     ms_per_token = 1e3 * float(np.median(steps)) if len(steps) else float("nan")
-    return {"config": CONFIG, "mode": mode, "overrides": list(overrides), "memory": memory,
+    return {"config": CONFIG, "mode": mode, "jit_decode": jit_decode, "overrides": list(overrides), "memory": memory,
             "bandwidth_bytes_s": bandwidth, "load_s": load_s, "mapped_bytes": mapped,
             "weight_bytes": sizes, "step_bytes": step_bytes, "prefill_tokens": PROMPT_TOKENS,
             "prefill_s": timing.prefill_s, "decode_steps": timing.decode_steps, "decode_s": timing.decode_s,
