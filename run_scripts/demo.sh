@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end demo on CPU (run after `bash run_scripts/setup.sh`): build a corpus from the Python
 # standard library, use the CodeGeeX tokenizer (or train one when it is not available), pack the
-# corpus into MindRecord shards, train a tiny CodeGeeX (200 steps, under 3 minutes on 2 cores; the
+# corpus into MindRecord shards, train a tiny CodeGeeX (200 steps, ~70 s on 2 cores; the
 # loss falls), save it and print a completion from it (sampled with a fixed seed: minutes of training teach
 # token statistics, and greedy decoding of such a model mostly repeats indentation).
 #   bash run_scripts/demo.sh [OUT_DIR]       (default: demo_output)
