@@ -221,6 +221,16 @@ def test_cli_generates_and_rejects_bad_input(tiny_checkpoint, tmp_path):
         and "has 1" in bad.stderr   # checkpoint has 1 layer, config 2: both values named
 
 
+def test_cli_pynative_mode_decodes_like_graph_mode(tiny_checkpoint):
+    """``--mode pynative`` (operators on the calling thread, only the decode step compiled, the
+    13B-on-CPU path) gives the greedy tokens of graph mode."""
+    args = (*TINY, "--checkpoint", str(tiny_checkpoint), "--language", "python", "--prompt",
+            "def add(a, b):", "--max-new-tokens", "8", "--temperature", "0", "--no-language-stop")
+    graph, pynative = cli(*args, "--mode", "graph"), cli(*args, "--mode", "pynative")
+    assert graph.returncode == 0 and pynative.returncode == 0, pynative.stderr[-2000:]
+    assert graph.stdout.strip() and pynative.stdout == graph.stdout
+
+
 def test_streaming_holds_back_stop_prefixes_and_split_characters():
     from codegeex_ms.inference.generator import _stable_length
     assert _stable_length("abc def", 0) == 7

@@ -215,13 +215,13 @@ class SlotKVCache:
     of pool rows (``n`` samples of one prompt prefill once); a prompt whose first tokens a pool
     row already holds starts from a copy of them and computes only the rest. Shapes are powers of two, so a
     steady workload compiles nothing new; :attr:`shapes` records every (kind, shape) seen, the
-    graph-compile count of graph mode. ``jit_decode`` (for PyNative mode, where prefill keeps
-    less memory than a graph): compile only the pool step (decode and verification) as a graph,
-    which removes the per-operator dispatch of every decode step.
+    graph-compile count of graph mode. ``jit_decode`` (default: in PyNative mode, where prefill
+    keeps less memory than a graph): compile only the pool step (decode and verification) as a
+    graph, which removes the per-operator dispatch of every decode step.
     """
 
     def __init__(self, model, slots: int, length: int, pad_id: int, cache_dtype: str = None,
-                 prefill_tokens: int = 2048, jit_decode: bool = False):
+                 prefill_tokens: int = 2048, jit_decode: bool = None):
         cfg = model.config
         if length > cfg.max_position_embeddings:
             raise ValueError(f"cache length {length} exceeds max_position_embeddings "
@@ -234,6 +234,8 @@ class SlotKVCache:
         self.dtype = DTYPE[cache_dtype or cfg.compute_dtype]
         self.keys, self.values = _kv_parameters(cfg, "slot_cache", slots, length, self.dtype)
         self._step = _CachedStep(model, self.keys, self.values)
+        if jit_decode is None:
+            jit_decode = ms.get_context("mode") == ms.PYNATIVE_MODE
         if jit_decode:           # PyNative: the pool step (decode, verify) as one graph, prefill not
             self._step.construct = ms.jit(self._step.construct)
         self._zeros = Tensor(np.zeros(slots, np.int32))      # no padding in the pool
