@@ -25,7 +25,6 @@ from pathlib import Path
 
 from . import cli as cli_common
 from .data.languages import parse_language_list
-from .env.runtime import add_runtime_args
 from .humaneval.execution import Executor, eval_cache_dir
 from .humaneval.problems import Track, load_problems, select_problems
 from .humaneval.runners import StepLimits
@@ -67,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--generator", choices=("model", "canonical"), default="model",
                    help="'model': codegeex_ms.inference.loading.load_generator; 'canonical': dataset "
                         "solutions (harness check)")
-    cli_common.add_config_args(g)
-    cli_common.add_checkpoint_arg(g, required=False, help_text="model checkpoint (for --generator model)")
-    g.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
-    cli_common.add_tokenizer_dir_arg(g)
-    add_runtime_args(g)
+    cli_common.add_model_args(g, required=False, checkpoint_help="model checkpoint (for --generator model)")
     d = GenerateStep()
     g.add_argument("--samples-per-problem", type=int, default=d.samples_per_problem)
     g.add_argument("--temperature", type=float, default=d.sampling.temperature)

@@ -58,12 +58,7 @@ def read_prompt(args) -> str:
 def parse_args(argv=None):
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.generate", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli_common.add_config_args(parser, required=True)
-    from codegeex_ms.env.runtime import add_runtime_args
-    add_runtime_args(parser)
-    cli_common.add_checkpoint_arg(parser)
-    parser.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
-    cli_common.add_tokenizer_dir_arg(parser)
+    cli_common.add_model_args(parser)
     parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="the code to start from")

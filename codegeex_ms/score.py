@@ -20,10 +20,7 @@ from codegeex_ms import cli as cli_common
 def parse_args(argv=None):
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.score", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli_common.add_config_args(parser, required=True)
-    from codegeex_ms.env.runtime import add_runtime_args
-    add_runtime_args(parser)
-    cli_common.add_checkpoint_arg(parser)
+    cli_common.add_model_args(parser, adapter=False)
     parser.add_argument("--input-ids", required=True, help=".npy of int token ids [batch, seq]")
     parser.add_argument("--output", required=True, help=".npy to write the FP32 logits to")
     parser.add_argument("--decode-from", type=int, default=None, metavar="P",

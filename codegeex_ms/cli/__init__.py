@@ -63,6 +63,20 @@ def add_tokenizer_dir_arg(parser) -> None:
         "$CODEGEEX_TOKENIZER_DIR, then the shared data)"))
 
 
+def add_model_args(parser, required: bool = True, adapter: bool = True,
+                   checkpoint_help: Optional[str] = None) -> None:
+    """What loads a model: ``--config``/``--set``, ``--mode``/``--device-target``, ``--checkpoint``
+    and (``adapter``) ``--adapter`` and ``--tokenizer-dir``."""
+    from codegeex_ms.env.runtime import add_runtime_args  # pylint: disable=import-outside-toplevel
+    add_config_args(parser, required=required)
+    add_runtime_args(parser)
+    add_checkpoint_arg(parser, required=required, help_text=checkpoint_help)
+    if adapter:
+        parser.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) "
+                                              "applied unmerged over --checkpoint")
+        add_tokenizer_dir_arg(parser)
+
+
 def add_io_args(parser, input_help: str, output_help: str, required: bool = True) -> None:
     """``--input PATH`` and ``--output PATH``."""
     parser.add_argument("--input", required=required, metavar="PATH", help=input_help)

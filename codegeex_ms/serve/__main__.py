@@ -23,17 +23,12 @@ from pathlib import Path
 
 from codegeex_ms import cli as cli_common
 from codegeex_ms.config import ConfigError
-from codegeex_ms.env.runtime import add_runtime_args
 
 
 def parse_args(argv=None):
     parser = cli_common.ArgumentParser(prog="python -m codegeex_ms.serve", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli_common.add_config_args(parser, required=True)
-    add_runtime_args(parser)
-    cli_common.add_checkpoint_arg(parser)
-    parser.add_argument("--adapter", help="LoRA adapter (adapter_final.ckpt of a LoRA run) applied unmerged over --checkpoint")
-    cli_common.add_tokenizer_dir_arg(parser)
+    cli_common.add_model_args(parser)
     parser.add_argument("--language-tags", help="language_tags.json (default: shared data)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="0 = any free port (default: %(default)s)")
