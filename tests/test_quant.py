@@ -17,7 +17,7 @@ from codegeex_ms.config import load_config
 from codegeex_ms.model.build import load_model
 from codegeex_ms.inference.generator import Generator
 from codegeex_ms.model.build import build_model
-from codegeex_ms.model.layers import Linear
+from codegeex_ms.model.layers import Linear, LinearSpec, QuantizedLinear
 from codegeex_ms.model.masks import causal_mask, positions
 from codegeex_ms.model.quant import (dequantize_rows, is_quantized_weight, quantize_rows,
                                      quantized_infos, quantize_tensors, scale_name, weight_bytes)
@@ -119,7 +119,7 @@ def test_int8_linear_matches_numpy(compute_dtype):
     magnitude ≤ |x||W|: tolerance 1e-2 of the output's RMS is ~10x that."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     rng = np.random.default_rng(2)
-    layer = Linear(48, 40, compute_dtype, "float32", weight_quant="int8")
+    layer = QuantizedLinear(48, 40, LinearSpec(compute_dtype, "float32", weight_quant="int8"))
     q, scale = quantize_rows(0.05 * rng.standard_normal((40, 48)))
     bias = 0.1 * rng.standard_normal(40).astype(np.float32)
     layer.weight.set_data(ms.Tensor(q))

@@ -21,7 +21,7 @@ import mindspore as ms
 
 from codegeex_ms.config import load_config
 from codegeex_ms.model.build import build_model
-from codegeex_ms.model.layers import Linear
+from codegeex_ms.model.layers import LinearSpec, QuantizedLinear
 from codegeex_ms.model.masks import causal_mask, positions
 from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
@@ -150,7 +150,7 @@ def test_int8_linear_uses_the_kernel_and_matches_numpy(compute_dtype):
     """The INT8 Linear on CPU runs the fused kernel (its weight stays an int8 Parameter) and
     equals x · (q·s)ᵀ + b within the kernel's bound plus the bias add's rounding."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    layer = Linear(37, 21, compute_dtype, "float32", weight_quant="int8", fused="on")
+    layer = QuantizedLinear(37, 21, LinearSpec(compute_dtype, "float32", weight_quant="int8", fused="on"))
     assert layer.fused_matmul is not None and layer.weight.dtype == ms.int8
     q, scale = quantize_rows(0.05 * RNG.standard_normal((21, 37)))
     bias = (0.1 * RNG.standard_normal(21)).astype(np.float32)
@@ -168,7 +168,7 @@ def test_int8_linear_uses_the_kernel_and_matches_numpy(compute_dtype):
 
 
 def test_shard_switches_the_layer_to_builtin_operators():
-    layer = Linear(8, 4, weight_quant="int8", fused="on")
+    layer = QuantizedLinear(8, 4, LinearSpec(weight_quant="int8", fused="on"))
     assert layer.fused_matmul is not None
     layer.shard_column(1, 2)
     assert layer.fused_matmul is None

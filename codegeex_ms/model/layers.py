@@ -6,6 +6,8 @@ semi-auto parallel) and ``shard_inputs(...)`` states the input shapes each shard
 sees, which the static plan checker (``codegeex_ms.parallel.checker``) verifies.
 """
 
+from dataclasses import dataclass
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
@@ -16,60 +18,58 @@ from codegeex_ms.ops.w8a16 import w8a16_matmul
 DTYPE = {"float16": ms.float16, "float32": ms.float32}
 
 
+@dataclass(frozen=True)
+class LinearSpec:
+    """The numerics of a :class:`Linear`: parameter and compute dtypes ("float16" | "float32"),
+    init std, weight quantization ("none" | "int8") and fused kernels ("auto" | "on" | "off")."""
+
+    compute_dtype: str = "float32"
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+    weight_quant: str = "none"
+    fused: str = "auto"
+
+    def __post_init__(self):
+        if self.weight_quant not in ("none", "int8"):
+            raise ValueError(f"weight_quant={self.weight_quant!r}: must be 'none' or 'int8'")
+
+    @classmethod
+    def of_model(cls, cfg) -> "LinearSpec":
+        """The spec of every Linear of a model config."""
+        return cls(cfg.compute_dtype, cfg.param_dtype, cfg.init_std, cfg.weight_quant, cfg.fused_kernels)
+
+
+def linear(in_features: int, out_features: int, spec: LinearSpec) -> "Linear":
+    """A :class:`QuantizedLinear` when ``spec.weight_quant`` is "int8", else a :class:`Linear`."""
+    return (QuantizedLinear if spec.weight_quant == "int8" else Linear)(in_features, out_features, spec)
+
+
 class Linear(nn.Cell):
     """``y = x · Wᵀ + b`` over the last axis. ``weight`` [out, in], ``bias`` [out] (torch layout).
 
-    Input [..., in] in any float dtype; output [..., out] in ``compute_dtype``.
-
-    ``weight_quant="int8"`` (W8A16, see ``codegeex_ms.model.quant``): ``weight`` is int8 [out, in]
-    and ``weight_scale`` FP32 [out], ``W = weight · weight_scale[:, None]``; the bias stays float.
-    With FP32 compute the scale is applied after the matmul, ``y = (x · weightᵀ) · scale + b``:
-    the int8 → FP32 cast is exact, so this differs from multiplying by the dequantized W only by
-    FP32 rounding (relative ~1e-7, far below the quantization error of ~scale/2 per weight) and
-    saves a pass over the weight. With FP16 compute the weight is dequantized first (in FP32, then
-    cast), because ``x · weightᵀ`` is 1/scale (~10³) times larger than ``y`` and could overflow FP16.
-
-    On CPU, unsharded INT8 layers use the fused W8A16 kernel (``codegeex_ms.ops.w8a16``, chosen by
-    ``fused``: auto | on | off): the int8 weight is widened in registers, never cast to a float
-    copy, and the scale applied to the FP32 sum (one rounding to the compute dtype). It has no
-    backward, so it serves inference; sharding a layer switches it back to the built-in operators.
+    Input [..., in] in any float dtype; output [..., out] in ``spec.compute_dtype``.
     """
 
-    def __init__(self, in_features, out_features, compute_dtype="float32", param_dtype="float32",
-                 init_std=0.02, weight_quant="none", fused="auto"):
+    def __init__(self, in_features: int, out_features: int, spec: LinearSpec = LinearSpec()):
         super().__init__()
-        if weight_quant not in ("none", "int8"):
-            raise ValueError(f"weight_quant={weight_quant!r}: must be 'none' or 'int8'")
         self.in_features, self.out_features = in_features, out_features
-        self.quantized = weight_quant == "int8"
-        self.fold_scale = self.quantized and compute_dtype == "float32"
-        if self.quantized:
-            self.weight = Parameter(initializer(Zero(), [out_features, in_features], ms.int8),
-                                    name="weight", requires_grad=False)
-            self.weight_scale = Parameter(initializer(Zero(), [out_features], ms.float32),
-                                          name="weight_scale", requires_grad=False)
-            self.scale_mul = ops.Mul()
-            self.fused_matmul = w8a16_matmul(fused)
-        else:
-            self.weight = Parameter(initializer(Normal(init_std), [out_features, in_features],
-                                                DTYPE[param_dtype]), name="weight")
-            self.fused_matmul = None
-        self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[param_dtype]), name="bias")
-        self.compute_dtype = DTYPE[compute_dtype]
+        self._make_weight(spec)
+        self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[spec.param_dtype]), name="bias")
+        self.compute_dtype = DTYPE[spec.compute_dtype]
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.Add()
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
+
+    def _make_weight(self, spec):
+        self.weight = Parameter(initializer(Normal(spec.init_std), [self.out_features, self.in_features],
+                                            DTYPE[spec.param_dtype]), name="weight")
 
     def shard_column(self, dp, mp):
         """Split the output features over ``mp`` (q/k/v, dense_h_to_4h)."""
         self.matmul.shard(((dp, 1), (mp, 1)))
         self.bias_add.shard(((dp, mp), (mp,)))
         self.split = {"weight": (mp, 1), "bias": (mp,)}
-        self.fused_matmul = None  # the custom kernel has no shard strategy
-        if self.quantized:
-            self.scale_mul.shard(((dp, mp), (mp,)) if self.fold_scale else ((mp, 1), (mp, 1)))
-            self.split["weight_scale"] = (mp,)
         return self
 
     def shard_row(self, dp, mp):
@@ -77,38 +77,80 @@ class Linear(nn.Cell):
         self.matmul.shard(((dp, mp), (1, mp)))
         self.bias_add.shard(((dp, 1), (1,)))
         self.split = {"weight": (1, mp), "bias": (1,)}
-        self.fused_matmul = None  # the custom kernel has no shard strategy
-        if self.quantized:
-            self.scale_mul.shard(((dp, 1), (1,)) if self.fold_scale else ((1, mp), (1, 1)))
-            self.split["weight_scale"] = (1,)
         return self
 
     def shard_inputs(self, rows):
         """Input shapes of the sharded primitives for ``rows`` flattened tokens."""
-        shapes = {"matmul": [(rows, self.in_features), (self.out_features, self.in_features)],
-                  "bias_add": [(rows, self.out_features), (self.out_features,)]}
-        if self.fold_scale:
-            shapes["scale_mul"] = [(rows, self.out_features), (self.out_features,)]
-        elif self.quantized:
-            shapes["scale_mul"] = [(self.out_features, self.in_features), (self.out_features, 1)]
-        return shapes
+        return {"matmul": [(rows, self.in_features), (self.out_features, self.in_features)],
+                "bias_add": [(rows, self.out_features), (self.out_features,)]}
+
+    def _product(self, x):
+        """``x`` [rows, in] (compute dtype) · Wᵀ → [rows, out]."""
+        return self.matmul(x, self.cast(self.weight, self.compute_dtype))
 
     def construct(self, x):
         out_shape = x.shape[:-1] + (self.out_features,)
         x = self.reshape(self.cast(x, self.compute_dtype), (-1, self.in_features))
-        if self.fused_matmul is not None:
-            y = self.fused_matmul(x, self.weight, self.weight_scale)
-        elif self.fold_scale:
-            y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
-            y = self.scale_mul(y, self.weight_scale)
-        elif self.quantized:
-            w = self.scale_mul(self.cast(self.weight, ms.float32),
-                               self.reshape(self.weight_scale, (self.out_features, 1)))
-            y = self.matmul(x, self.cast(w, self.compute_dtype))
-        else:
-            y = self.matmul(x, self.cast(self.weight, self.compute_dtype))
-        y = self.bias_add(y, self.cast(self.bias, self.compute_dtype))
+        y = self.bias_add(self._product(x), self.cast(self.bias, self.compute_dtype))
         return self.reshape(y, out_shape)
+
+
+class QuantizedLinear(Linear):
+    """W8A16 :class:`Linear` (see ``codegeex_ms.model.quant``): ``weight`` is int8 [out, in] and
+    ``weight_scale`` FP32 [out], ``W = weight · weight_scale[:, None]``; the bias stays float.
+
+    With FP32 compute the scale is applied after the matmul, ``y = (x · weightᵀ) · scale + b``:
+    the int8 → FP32 cast is exact, so this differs from multiplying by the dequantized W only by
+    FP32 rounding (relative ~1e-7, far below the quantization error of ~scale/2 per weight) and
+    saves a pass over the weight. With FP16 compute the weight is dequantized first (in FP32, then
+    cast), because ``x · weightᵀ`` is 1/scale (~10³) times larger than ``y`` and could overflow FP16.
+
+    On CPU, unsharded layers use the fused W8A16 kernel (``codegeex_ms.ops.w8a16``, chosen by
+    ``spec.fused``): the int8 weight is widened in registers, never cast to a float copy, and the
+    scale applied to the FP32 sum (one rounding to the compute dtype). It has no backward, so it
+    serves inference; sharding a layer switches it back to the built-in operators.
+    """
+
+    def __init__(self, in_features: int, out_features: int, spec: LinearSpec):
+        super().__init__(in_features, out_features, spec)
+        self.fold_scale = spec.compute_dtype == "float32"
+        self.scale_mul = ops.Mul()
+        self.fused_matmul = w8a16_matmul(spec.fused)
+
+    def _make_weight(self, spec):
+        self.weight = Parameter(initializer(Zero(), [self.out_features, self.in_features], ms.int8),
+                                name="weight", requires_grad=False)
+        self.weight_scale = Parameter(initializer(Zero(), [self.out_features], ms.float32),
+                                      name="weight_scale", requires_grad=False)
+
+    def shard_column(self, dp, mp):
+        super().shard_column(dp, mp)
+        self.fused_matmul = None  # the custom kernel has no shard strategy
+        self.scale_mul.shard(((dp, mp), (mp,)) if self.fold_scale else ((mp, 1), (mp, 1)))
+        self.split["weight_scale"] = (mp,)
+        return self
+
+    def shard_row(self, dp, mp):
+        super().shard_row(dp, mp)
+        self.fused_matmul = None  # the custom kernel has no shard strategy
+        self.scale_mul.shard(((dp, 1), (1,)) if self.fold_scale else ((1, mp), (1, 1)))
+        self.split["weight_scale"] = (1,)
+        return self
+
+    def shard_inputs(self, rows):
+        shapes = super().shard_inputs(rows)
+        shapes["scale_mul"] = ([(rows, self.out_features), (self.out_features,)] if self.fold_scale else
+                               [(self.out_features, self.in_features), (self.out_features, 1)])
+        return shapes
+
+    def _product(self, x):
+        if self.fused_matmul is not None:
+            return self.fused_matmul(x, self.weight, self.weight_scale)
+        if self.fold_scale:
+            return self.scale_mul(self.matmul(x, self.cast(self.weight, self.compute_dtype)), self.weight_scale)
+        w = self.scale_mul(self.cast(self.weight, ms.float32),
+                           self.reshape(self.weight_scale, (self.out_features, 1)))
+        return self.matmul(x, self.cast(w, self.compute_dtype))
 
 
 class LayerNorm(nn.Cell):

@@ -9,7 +9,7 @@ import math
 
 from mindspore import nn, ops
 
-from codegeex_ms.model.layers import LayerNorm, Linear, shard_dropout
+from codegeex_ms.model.layers import LayerNorm, LinearSpec, linear, shard_dropout
 from codegeex_ms.ops import FastGelu, MaskedSoftmax
 
 
@@ -24,13 +24,9 @@ class Attention(nn.Cell):
 
     def __init__(self, cfg):
         super().__init__()
-        h, dt, pdt, std = cfg.hidden_size, cfg.compute_dtype, cfg.param_dtype, cfg.init_std
+        h, spec = cfg.hidden_size, LinearSpec.of_model(cfg)
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        q8, fused = cfg.weight_quant, cfg.fused_kernels
-        self.query = Linear(h, h, dt, pdt, std, q8, fused)
-        self.key = Linear(h, h, dt, pdt, std, q8, fused)
-        self.value = Linear(h, h, dt, pdt, std, q8, fused)
-        self.dense = Linear(h, h, dt, pdt, std, q8, fused)
+        self.query, self.key, self.value, self.dense = (linear(h, h, spec) for _ in range(4))
         self.softmax = MaskedSoftmax(1.0 / math.sqrt(self.head_dim), fused=cfg.fused_kernels)
         self.dropout = nn.Dropout(p=cfg.dropout)
         self.scores = ops.BatchMatMul(transpose_b=True)
@@ -84,10 +80,8 @@ class MLP(nn.Cell):
 
     def __init__(self, cfg):
         super().__init__()
-        h, f, dt, pdt, std = (cfg.hidden_size, cfg.ffn_hidden_size, cfg.compute_dtype,
-                              cfg.param_dtype, cfg.init_std)
-        self.dense_h_to_4h = Linear(h, f, dt, pdt, std, cfg.weight_quant, cfg.fused_kernels)
-        self.dense_4h_to_h = Linear(f, h, dt, pdt, std, cfg.weight_quant, cfg.fused_kernels)
+        h, f, spec = cfg.hidden_size, cfg.ffn_hidden_size, LinearSpec.of_model(cfg)
+        self.dense_h_to_4h, self.dense_4h_to_h = linear(h, f, spec), linear(f, h, spec)
         self.activation = FastGelu(fused=cfg.fused_kernels)
 
     def shard(self, dp, mp):
