@@ -68,7 +68,7 @@ from codegeex_ms.checkpoint.layout import model_parameters  # noqa: E402
 from codegeex_ms.config import load_config  # noqa: E402
 from codegeex_ms.inference.generator import Generator  # noqa: E402
 from codegeex_ms.model.build import build_model  # noqa: E402
-from codegeex_ms.model.masks import causal_mask, positions  # noqa: E402
+from codegeex_ms.data.masks import causal_mask, positions  # noqa: E402
 from codegeex_ms.model.quant import NUMPY_DTYPES, weight_bytes  # noqa: E402
 from codegeex_ms.ops import kernel_build  # noqa: E402
 from codegeex_ms.budget.training import build_plan  # noqa: E402

@@ -151,7 +151,7 @@ def shape_config(name, dropout):
 
 def synthetic_batch(cfg, rng):
     """``(input_ids, labels, position_ids, causal mask, loss_mask)`` NumPy arrays."""
-    from codegeex_ms.model.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.data.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
     b, s = cfg.train.micro_batch_size, cfg.train.seq_length
     tokens = rng.integers(0, cfg.model.real_vocab_size, size=(b, s + 1), dtype=np.int32)
     return (tokens[:, :-1].copy(), tokens[:, 1:].copy(), positions(b, s), causal_mask(b, s),

@@ -49,7 +49,7 @@ def load_input_ids(path: str, model_cfg) -> np.ndarray:
 def full_logits(model, ids: np.ndarray) -> np.ndarray:
     """[B, S, V] FP32 logits of one causal forward at positions 0..S-1."""
     import mindspore as ms
-    from codegeex_ms.model.masks import causal_mask, positions
+    from codegeex_ms.data.masks import causal_mask, positions
     b, s = ids.shape
     out = model(ms.Tensor(ids), ms.Tensor(positions(b, s)), ms.Tensor(causal_mask(b, s)))
     return out.asnumpy()

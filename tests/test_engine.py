@@ -11,7 +11,7 @@ from codegeex_ms.inference.logits import Penalties, top_logprobs
 from codegeex_ms.inference.sampling import SamplingParams, log_softmax
 from codegeex_ms.inference.scheduler import Request, SlotScheduler
 from codegeex_ms.model.kv_cache import SlotKVCache
-from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.data.masks import causal_mask, positions
 from test_generate import IdTokenizer, random_model
 
 SAMPLED = SamplingParams(temperature=0.9, top_p=0.9)

@@ -13,7 +13,7 @@ from codegeex_ms.config import load_config
 from codegeex_ms.inference.generator import Generator, PromptTooLongError
 from codegeex_ms.inference.sampling import SamplingParams, filtered_probs, next_tokens
 from codegeex_ms.model import CodeGeeX
-from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.data.masks import causal_mask, positions
 
 
 class IdTokenizer:

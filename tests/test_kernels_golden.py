@@ -13,7 +13,7 @@ import mindspore as ms
 from codegeex_ms.checkpoint import load_into_network
 from codegeex_ms.config import load_config
 from codegeex_ms.model import CodeGeeX, CodeGeeXWithLoss
-from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.data.masks import causal_mask, positions
 from codegeex_ms.env.paths import REPO_ROOT
 
 CONFIG = str(REPO_ROOT / "ascend_configs" / "tiny_fixture.yaml")

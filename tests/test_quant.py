@@ -18,7 +18,7 @@ from codegeex_ms.model.build import load_model
 from codegeex_ms.inference.generator import Generator
 from codegeex_ms.model.build import build_model
 from codegeex_ms.model.layers import Linear, LinearSpec, QuantizedLinear
-from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.data.masks import causal_mask, positions
 from codegeex_ms.model.quant import (dequantize_rows, is_quantized_weight, quantize_rows,
                                      quantized_infos, quantize_tensors, scale_name, weight_bytes)
 from codegeex_ms.checkpoint.base import TensorInfo

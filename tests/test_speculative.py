@@ -10,7 +10,7 @@ from codegeex_ms.inference.sampling import SamplingParams, filtered_probs
 from codegeex_ms.inference.scheduler import Request, SlotScheduler
 from codegeex_ms.inference.speculative import PromptLookup, accept_draft, propose
 from codegeex_ms.model.kv_cache import SlotKVCache
-from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.data.masks import causal_mask, positions
 from test_generate import IdTokenizer, random_model
 
 VOCAB = 90

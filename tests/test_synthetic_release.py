@@ -103,7 +103,7 @@ def test_memory_mapped_int8_load_equals_the_regular_load(tmp_path, release):
     (every byte mapped, no tensor cast) gives the same logits as reading it tensor by tensor."""
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.build import build_model  # pylint: disable=import-outside-toplevel
-    from codegeex_ms.model.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
+    from codegeex_ms.data.masks import causal_mask, positions  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.quant import weight_bytes  # pylint: disable=import-outside-toplevel
     from codegeex_ms.model.quant import load_quantized, load_quantized_mmap  # pylint: disable=import-outside-toplevel
     from codegeex_ms.quantize import quantize_checkpoint  # pylint: disable=import-outside-toplevel

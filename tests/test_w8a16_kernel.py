@@ -22,7 +22,7 @@ import mindspore as ms
 from codegeex_ms.config import load_config
 from codegeex_ms.model.build import build_model
 from codegeex_ms.model.layers import LinearSpec, QuantizedLinear
-from codegeex_ms.model.masks import causal_mask, positions
+from codegeex_ms.data.masks import causal_mask, positions
 from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.kernel_build import call_aot

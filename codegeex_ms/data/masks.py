@@ -22,6 +22,16 @@ def _causal(size: int) -> np.ndarray:
     return tri
 
 
+def causal_mask(batch: int, seq: int) -> np.ndarray:
+    """[batch, seq, seq] float32 plain causal mask (1 = may attend): rows without EOD reset."""
+    return np.broadcast_to(_causal(seq).astype(np.float32), (batch, seq, seq)).copy()
+
+
+def positions(batch: int, seq: int) -> np.ndarray:
+    """[batch, seq] int32 position ids 0..seq-1."""
+    return np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()
+
+
 def document_starts(tokens: np.ndarray, eod_id: int) -> np.ndarray:
     """Start index of every document in the 1-D row ``tokens`` (0, and each index after an EOD)."""
     return np.concatenate([[0], np.flatnonzero(tokens[:-1] == eod_id) + 1])

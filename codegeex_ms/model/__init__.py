@@ -3,6 +3,5 @@
 from codegeex_ms.model.codegeex import CodeGeeX
 from codegeex_ms.model.kv_cache import CachedDecoder
 from codegeex_ms.model.loss import CodeGeeXWithLoss
-from codegeex_ms.model.masks import causal_mask
 
-__all__ = ["CodeGeeX", "CachedDecoder", "CodeGeeXWithLoss", "causal_mask"]
+__all__ = ["CodeGeeX", "CachedDecoder", "CodeGeeXWithLoss"]
