@@ -12,6 +12,7 @@ from codegeex_ms.inference.generator import Generator
 from codegeex_ms.inference.sampling import SamplingParams
 from codegeex_ms.model import CodeGeeX
 from codegeex_ms.env.paths import REPO_ROOT
+from codegeex_ms.serve.schemas import GenerationOptions
 from codegeex_ms.serve.worker import DoneEvent, ErrorEvent, Job, ModelWorker, QueueFull, TextEvent
 from test_serve_support import TINY, require_shared_data
 
@@ -52,8 +53,8 @@ def test_jobs_with_any_settings_share_the_pool_with_their_lone_results(generator
 
     async def main():
         worker = ModelWorker(generator.slot_scheduler(4), max_queue=8)
-        jobs = [Job(rows=[p], max_tokens=12, sampling=GREEDY, stream=True) for p in prompts]
-        jobs.append(Job(rows=[prompts[0]] * 2, max_tokens=9, sampling=sampled, seed=3))
+        jobs = [Job(rows=[p], options=GenerationOptions(max_tokens=12, sampling=GREEDY, stream=True)) for p in prompts]
+        jobs.append(Job(rows=[prompts[0]] * 2, options=GenerationOptions(max_tokens=9, sampling=sampled, seed=3)))
         for job in jobs:
             worker.submit(job)
         streamed = {id(job): "" for job in jobs}
@@ -86,19 +87,19 @@ def test_queue_limit_cancellation_failure_and_drain(generator):
 
     async def main():
         worker = ModelWorker(generator.slot_scheduler(1), max_queue=3)
-        broken = Job(rows=[[7] * 250], max_tokens=10, sampling=GREEDY)   # 250 + 10 > 256 positions
-        long = Job(rows=[p], max_tokens=200, sampling=GREEDY, stream=True, stop=("never-seen",))
-        dropped = Job(rows=[p], max_tokens=4, sampling=SamplingParams(0.5))
+        broken = Job(rows=[[7] * 250], options=GenerationOptions(max_tokens=10, sampling=GREEDY))   # 250 + 10 > 256 positions
+        long = Job(rows=[p], options=GenerationOptions(max_tokens=200, sampling=GREEDY, stream=True, stop=("never-seen",)))
+        dropped = Job(rows=[p], options=GenerationOptions(max_tokens=4, sampling=SamplingParams(0.5)))
         for job in (broken, long, dropped):
             worker.submit(job)
         with pytest.raises(QueueFull, match=r"3 requests are waiting \(limit 3\)"):
-            worker.submit(Job(rows=[p], max_tokens=4, sampling=GREEDY))
+            worker.submit(Job(rows=[p], options=GenerationOptions(max_tokens=4, sampling=GREEDY)))
         worker.cancel(dropped)                                      # leaves the queue at once
         assert worker.snapshot()["waiting"] == 2
         worker.start()
         failed = await outcome(broken)
         ended = await outcome(long, on_text=lambda job, row, text: worker.cancel(job))
-        after = Job(rows=[p], max_tokens=3, sampling=GREEDY)
+        after = Job(rows=[p], options=GenerationOptions(max_tokens=3, sampling=GREEDY))
         worker.submit(after)
         worker.close()       # no new jobs, but the queued one still runs
         return worker, failed, ended, await outcome(after)

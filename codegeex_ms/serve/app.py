@@ -238,9 +238,7 @@ async def generate(ctx: ServeContext, request: Request, prompts: list, opts: Gen
                 f"{which}: {len(ids)} prompt tokens + max_tokens={opts.max_tokens} exceed the model's "
                 f"{ctx.limits.max_length} positions: at most {room} prompt tokens fit; shorten the "
                 f"{param} or lower max_tokens", param)
-    job = Job(rows=[ids for ids in token_lists for _ in range(opts.n)], max_tokens=opts.max_tokens,
-              sampling=opts.sampling, stop=opts.stop, stop_rule=stop_rule, seed=opts.seed,
-              stream=opts.stream, penalties=opts.penalties, logprobs=opts.logprobs)
+    job = Job(rows=[ids for ids in token_lists for _ in range(opts.n)], options=opts, stop_rule=stop_rule)
     try:
         ctx.worker.submit(job)
     except QueueFull as e:

@@ -255,10 +255,10 @@ class GenerationOptions:
 
     max_tokens: int
     sampling: SamplingParams
-    n: int
-    stop: tuple
-    seed: Optional[int]
-    stream: bool
+    n: int = 1
+    stop: tuple = ()
+    seed: Optional[int] = None
+    stream: bool = False
     penalties: Penalties = Penalties()
     logprobs: Optional[int] = None       # top-k per token (None: off)
     include_usage: bool = False

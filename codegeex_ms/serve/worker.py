@@ -19,9 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from codegeex_ms.inference.logits import Penalties
-from codegeex_ms.inference.sampling import SamplingParams
 from codegeex_ms.inference.scheduler import Request
+from codegeex_ms.serve.schemas import GenerationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +62,8 @@ class Job:
     """
 
     rows: list                      # token id lists
-    max_tokens: int
-    sampling: SamplingParams
-    stop: tuple = ()
+    options: GenerationOptions      # its n is already applied to rows
     stop_rule: Optional[str] = None  # language whose end-of-function rule ends a row
-    seed: Optional[int] = None
-    stream: bool = False
-    penalties: Penalties = Penalties()
-    logprobs: Optional[int] = None   # top-k log-probabilities per token (None: off)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
@@ -206,11 +199,12 @@ class ModelWorker:
             n = 1
             while first + n < len(job.rows) and job.rows[first + n] == job.rows[first]:
                 n += 1
+            opts = job.options
             requests.append(Request(
-                job.rows[first], job.max_tokens, job.sampling, n=n, seed=job.seed, seed_offset=first,
-                stop=job.stop, stop_fn=stop_fn, penalties=job.penalties, logprobs=job.logprobs,
+                job.rows[first], opts.max_tokens, opts.sampling, n=n, seed=opts.seed, seed_offset=first,
+                stop=opts.stop, stop_fn=stop_fn, penalties=opts.penalties, logprobs=opts.logprobs,
                 on_text=(lambda i, text, first=first: job.post(TextEvent(first + i, text)))
-                if job.stream else None,
+                if opts.stream else None,
                 on_done=lambda results, first=first: finished(first, results),
                 should_stop=lambda _i: "cancelled" if job.cancelled else None))
             first += n
