@@ -45,10 +45,8 @@ def linear(in_features: int, out_features: int, spec: LinearSpec) -> "Linear":
 
 
 class Linear(nn.Cell):
-    """``y = x · Wᵀ + b`` over the last axis. ``weight`` [out, in], ``bias`` [out] (torch layout).
-
-    Input [..., in] in any float dtype; output [..., out] in ``spec.compute_dtype``.
-    """
+    """``y = x · Wᵀ + b`` over the last axis: x [..., in] (any float dtype) → [..., out] in
+    ``spec.compute_dtype``; ``weight`` [out, in], ``bias`` [out] (torch layout)."""
 
     def __init__(self, in_features: int, out_features: int, spec: LinearSpec = LinearSpec()):
         super().__init__()
