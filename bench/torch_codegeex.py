@@ -71,6 +71,12 @@ class Block(nn.Module):
         return x + self.dense_4h_to_h(fast_gelu(self.dense_h_to_4h(self.post_attention_layernorm(x))))
 
 
+# release name of a block's parameter (after ``transformer.<prefix>.``) -> this model's attribute
+BLOCK_NAMES = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
+               "attention.query": "query", "attention.key": "key", "attention.value": "value",
+               "attention.dense": "dense", "mlp.dense_h_to_4h": "dense_h_to_4h", "mlp.dense_4h_to_h": "dense_4h_to_h"}
+
+
 class TorchCodeGeeX(nn.Module):
     """``forward(ids [B,S], start)`` → FP32 logits [B,S,V]; positions start..start+S-1, keys and
     values kept in a cache of ``max_positions`` slots (call :meth:`reset` for a new batch)."""
@@ -117,13 +123,9 @@ class TorchCodeGeeX(nn.Module):
         self.pos.weight.data = f(lm["embedding"]["position_embeddings"]["weight"])
         self.top_query.weight.data = f(lm["topQueryEmbedding"]["top_query_embeddings"]["weight"])
         tr = lm["transformer"]
-        names = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
-                 "attention.query": "query", "attention.key": "key", "attention.value": "value",
-                 "attention.dense": "dense", "mlp.dense_h_to_4h": "dense_h_to_4h",
-                 "mlp.dense_4h_to_h": "dense_4h_to_h"}
         blocks = [(f"layers.{i}", b) for i, b in enumerate(self.layers)] + [("topQueryLayer", self.top)]
         for prefix, block in blocks:
-            for src, dst in names.items():
+            for src, dst in BLOCK_NAMES.items():
                 mod = getattr(block, dst)
                 mod.weight.data = f(tr[f"{prefix}.{src}.weight"])
                 mod.bias.data = f(tr[f"{prefix}.{src}.bias"])
@@ -138,13 +140,9 @@ class TorchCodeGeeX(nn.Module):
                lm + "topQueryEmbedding.top_query_embeddings.weight": self.top_query.weight,
                tr + "final_layernorm.weight": self.final_layernorm.weight,
                tr + "final_layernorm.bias": self.final_layernorm.bias}
-        names = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
-                 "attention.query": "query", "attention.key": "key", "attention.value": "value",
-                 "attention.dense": "dense", "mlp.dense_h_to_4h": "dense_h_to_4h",
-                 "mlp.dense_4h_to_h": "dense_4h_to_h"}
         blocks = [(f"layers.{i}", b) for i, b in enumerate(self.layers)] + [("topQueryLayer", self.top)]
         for prefix, block in blocks:
-            for dst, src in names.items():
+            for dst, src in BLOCK_NAMES.items():
                 mod = getattr(block, src)
                 out[f"{tr}{prefix}.{dst}.weight"] = mod.weight
                 out[f"{tr}{prefix}.{dst}.bias"] = mod.bias

@@ -183,6 +183,16 @@ def make_world_readable(path: Path) -> None:
             if not os.path.islink(p):
                 os.chmod(p, os.stat(p).st_mode | 0o444)
 
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Make the directory ``tmp`` readable to sandbox uids and rename it to ``dest``; when another
+    process published ``dest`` meanwhile, drop ``tmp``."""
+    make_world_readable(tmp)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 # ----- Python ------------------------------------------------------------------------------------
 PYTHON_DRIVER = Path(__file__).with_name("python_driver.py").read_text(encoding="utf-8")
 
@@ -277,11 +287,7 @@ class CppRunner(Runner):
             shutil.rmtree(tmp, ignore_errors=True)
             raise ToolchainMissing(f"precompiling the C++ standard headers failed: "
                                    f"{proc.stderr[-2000:]}")
-        make_world_readable(tmp)
-        try:
-            os.rename(tmp, self.pch_dir)
-        except OSError:  # another process built it meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, self.pch_dir)
 
     def _compile_flags(self) -> list:
         return [str(self.gxx), *CPP_FLAGS, "-include", str(self.pch_dir / "codegeex_std.h")]
@@ -525,11 +531,7 @@ class GoRunner(Runner):
             command_output([str(self.go), *GO_BUILD],
                            cwd=work, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                           **self._env(work, tmp_cache)})
-        make_world_readable(tmp_cache)
-        try:
-            os.rename(tmp_cache, self.warm_cache)
-        except OSError:  # another process warmed it meanwhile
-            shutil.rmtree(tmp_cache, ignore_errors=True)
+        _publish(tmp_cache, self.warm_cache)
 
     def visible(self) -> list:
         return [self.module_dir, self.warm_cache, self.goroot]
