@@ -185,8 +185,7 @@ def make_world_readable(path: Path) -> None:
 
 
 def _publish(tmp: Path, dest: Path) -> None:
-    """Make the directory ``tmp`` readable to sandbox uids and rename it to ``dest``; when another
-    process published ``dest`` meanwhile, drop ``tmp``."""
+    """Make ``tmp`` readable to sandbox uids and rename it to ``dest`` (or drop it: a race lost)."""
     make_world_readable(tmp)
     try:
         os.rename(tmp, dest)
