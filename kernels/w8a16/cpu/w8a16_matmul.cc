@@ -45,6 +45,7 @@ using w8::V;
 constexpr int64_t kGemmMinM = 16;             // x rows from which the GEMM path is used
 constexpr int64_t kDecodeKBlock = 1024;       // decode: K block (8 x rows of it = 32 KiB of FP32)
 constexpr int64_t kDecodeGroup = 4;           // decode: weight rows per task unit
+constexpr int64_t kPrefetchBytes = 1024;      // decode: software prefetch distance along a weight row
 #if defined(__AVX512F__)
 #define CG_DECODE_MR8 1
 constexpr int64_t kDecodeMR = 8;              // decode: x rows per tile (32 vector registers)
@@ -90,6 +91,13 @@ void Tile(const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, floa
       for (int n = 0; n < NR; ++n) s[u][m][n] = w8::Zero();
   int64_t k = 0;
   for (; k + kLanes * KU <= kn; k += kLanes * KU) {
+#if defined(__x86_64__) && (defined(__AVX512F__) || defined(__AVX2__))
+    if (MR <= 2) {  // few x rows: weight-streaming bound, prefetch each row kPrefetchBytes ahead
+      for (int n = 0; n < NR; ++n) {
+        _mm_prefetch(reinterpret_cast<const char *>(w + n * ldw + k) + kPrefetchBytes, _MM_HINT_T0);
+      }
+    }
+#endif
     for (int u = 0; u < KU; ++u) {
       V wv[NR];
       for (int n = 0; n < NR; ++n) wv[n] = w8::Widen(w + n * ldw + k + kLanes * u);
@@ -190,7 +198,14 @@ void Decode(const X *x_in, const W *w, const float *scale, int64_t M, int64_t K,
   const int64_t groups = (N + kDecodeGroup - 1) / kDecodeGroup;
   const int64_t group_bytes = kDecodeGroup * std::max<int64_t>(K, 1) * static_cast<int64_t>(sizeof(W)) *
                               ((M + kDecodeMR - 1) / kDecodeMR);  // weight bytes widened per group
-  cg::ParallelFor(groups, (kMinDecodeBytesPerThread + group_bytes - 1) / group_bytes, [&](int64_t b, int64_t e) {
+  // Threads by size (kMinDecodeBytesPerThread each), but with the full machine in use the groups
+  // go out in ~kChunksPerThread chunks per thread: at a 1 ms minimum per chunk, a 26 MB matrix
+  // made 3 chunks for 2 threads, one thread streaming twice the other's share.
+  const int64_t wanted = std::min<int64_t>(cg::NumThreads(), groups * group_bytes / kMinDecodeBytesPerThread);
+  int64_t grain = groups;
+  if (wanted > 1) grain = (groups + wanted - 1) / wanted;
+  if (wanted > 1 && wanted >= cg::NumThreads()) grain = (groups + wanted * cg::kChunksPerThread - 1) / (wanted * cg::kChunksPerThread);
+  cg::ParallelFor(groups, std::max<int64_t>(grain, 1), [&](int64_t b, int64_t e) {
     DecodeRows(x, w, scale, M, K, N, b * kDecodeGroup, std::min(N, e * kDecodeGroup), acc);
   });
   if (!std::is_same<X, float>::value) cg::FloatToHalf(acc, reinterpret_cast<half_t *>(y), M * N);
