@@ -193,12 +193,13 @@ def test_clip_overflow_and_adamw_on_local_slices_equal_unsharded_step(reference,
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max() + 1e-6 * top,
                                    err_msg=name)
         new = vm.assemble({r: out["params"][r][name] for r in grads}, name, splits[name], mesh)
-        moved = np.abs(reference["after"][name] - reference["params"][name]).max()
-        assert moved > 1e-4, name
         if np.abs(reference["grads"][name]).max() < 1e-6 * max(np.abs(g).max() for g in reference["grads"].values()):
             # attention.key.bias: its true gradient is 0 (softmax ignores a per-row constant), so
-            # Adam's first step, m/sqrt(v) ~ sign(g), turns rounding noise into ±lr updates.
+            # Adam's first step, m/sqrt(v) ~ g/(|g| + eps), turns rounding noise into updates of
+            # up to ±lr whose size depends on that noise: neither its value nor its size is checked.
             continue
+        moved = np.abs(reference["after"][name] - reference["params"][name]).max()
+        assert moved > 1e-4, name
         np.testing.assert_allclose(new, reference["after"][name], rtol=0, atol=1e-6, err_msg=name)
 
 
