@@ -120,6 +120,23 @@ void Tile(const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, floa
   }
 }
 
+// mr (runtime, <= 4, or <= 8 with CG_DECODE_MR8) x rows of x against NR weight rows: the Tile for mr.
+template <int NR, typename W>
+void Rows(int64_t mr, const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, float *acc, int64_t ldy) {
+  switch (mr) {
+    case 1: Tile<1, NR, 2>(x, ldx, w, ldw, kn, acc, ldy); break;
+    case 2: Tile<2, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+    case 3: Tile<3, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+    case 4: Tile<4, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+#if CG_DECODE_MR8
+    case 5: Tile<5, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+    case 6: Tile<6, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+    case 7: Tile<7, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+    case 8: Tile<8, NR, 1>(x, ldx, w, ldw, kn, acc, ldy); break;
+#endif
+  }
+}
+
 // Rows [0, mr) (mr <= kDecodeMR) of x against nr <= kDecodeGroup weight rows, one K block. Up to
 // 2 x rows: 4 weight rows at a time (M = 1 with two k-steps in flight, 8 accumulators); more x
 // rows: 2 weight rows at a time, mr x 2 accumulators (16 of AVX-512's 32 registers at mr = 8).
@@ -129,36 +146,8 @@ void Group(int64_t mr, int64_t nr, const float *x, int64_t ldx, const W *w, int6
   if (mr == 1 && nr == kDecodeGroup) return Tile<1, 4, 2>(x, ldx, w, ldw, kn, acc, ldy);
   if (mr == 2 && nr == kDecodeGroup) return Tile<2, 4, 1>(x, ldx, w, ldw, kn, acc, ldy);
   int64_t n = 0;
-  for (; n + 2 <= nr; n += 2) {
-    const W *wn = w + n * ldw;
-    switch (mr) {
-      case 1: Tile<1, 2, 2>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 2: Tile<2, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 3: Tile<3, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 4: Tile<4, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-#if CG_DECODE_MR8
-      case 5: Tile<5, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 6: Tile<6, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 7: Tile<7, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 8: Tile<8, 2, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-#endif
-    }
-  }
-  if (n < nr) {  // the last row of w (N odd)
-    const W *wn = w + n * ldw;
-    switch (mr) {
-      case 1: Tile<1, 1, 2>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 2: Tile<2, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 3: Tile<3, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 4: Tile<4, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-#if CG_DECODE_MR8
-      case 5: Tile<5, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 6: Tile<6, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 7: Tile<7, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-      case 8: Tile<8, 1, 1>(x, ldx, wn, ldw, kn, acc + n, ldy); break;
-#endif
-    }
-  }
+  for (; n + 2 <= nr; n += 2) Rows<2>(mr, x, ldx, w + n * ldw, ldw, kn, acc + n, ldy);
+  if (n < nr) Rows<1>(mr, x, ldx, w + n * ldw, ldw, kn, acc + n, ldy);  // the last row of w (N odd)
 }
 
 // acc [M, N] (FP32, row stride N) for weight rows [nb, ne): acc = x · w[nb:ne]ᵀ (* scale).
