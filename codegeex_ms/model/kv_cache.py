@@ -94,6 +94,14 @@ class _CacheReorder(nn.Cell):
         return rows
 
 
+def _check_cache_size(cfg, rows_name: str, rows: int, length: int) -> None:
+    """A cache of ``rows`` rows (named ``rows_name`` in the error) of ``length`` positions fits the model."""
+    if length > cfg.max_position_embeddings:
+        raise ValueError(f"cache length {length} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+    if rows < 1:
+        raise ValueError(f"{rows_name} must be >= 1, got {rows}")
+
+
 class CachedDecoder:
     """A static batch of ``batch_size`` rows decoding in lockstep over ``cache_length`` slots.
 
@@ -106,11 +114,7 @@ class CachedDecoder:
 
     def __init__(self, model, batch_size: int, cache_length: int, cache_dtype: str = None):
         cfg = model.config
-        if cache_length > cfg.max_position_embeddings:
-            raise ValueError(f"cache_length {cache_length} exceeds max_position_embeddings "
-                             f"{cfg.max_position_embeddings}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_cache_size(cfg, "batch_size", batch_size, cache_length)
         self.batch_size, self.cache_length, self.pad_id = batch_size, cache_length, cfg.eod_token_id
         keys, values = _kv_parameters(cfg, "kv_cache", batch_size, cache_length,
                                       DTYPE[cache_dtype or cfg.compute_dtype])
@@ -223,11 +227,7 @@ class SlotKVCache:
     def __init__(self, model, slots: int, length: int, pad_id: int, cache_dtype: str = None,
                  prefill_tokens: int = 2048, jit_decode: bool = None):
         cfg = model.config
-        if length > cfg.max_position_embeddings:
-            raise ValueError(f"cache length {length} exceeds max_position_embeddings "
-                             f"{cfg.max_position_embeddings}")
-        if slots < 1:
-            raise ValueError(f"slots must be >= 1, got {slots}")
+        _check_cache_size(cfg, "slots", slots, length)
         self.model, self.cfg = model, cfg
         self.slots, self.length, self.pad_id = slots, length, pad_id
         self.prefill_tokens = prefill_tokens
