@@ -15,7 +15,10 @@
 // * M < kGemmMinM (decode): memory-bound on w. Groups of 4 weight rows are widened in registers
 //   and multiplied with up to kDecodeMR x rows at a time (vector accumulators along k, horizontal
 //   sums at the end of a K block); for M > kDecodeMR the group's K block is re-read from L1, so
-//   every weight byte comes from memory once. Threads split the weight rows.
+//   every weight byte comes from memory once. Threads split the weight rows. At up to 2 x rows the
+//   loop is bound by streaming w, and a core's own streaming stalls are not hidden by the hardware
+//   prefetcher: each group prefetches the next group's rows at the same k (one group ahead), which
+//   raised one core's int8 rate from ~11.7 to ~14.7 GB/s (pure read: ~15.7) on a 2-core Xeon.
 //
 // * M >= kGemmMinM (prefill): a GEMM computing yᵀ = w · xᵀ (GotoBLAS blocking). x is packed once
 //   into panels of kPanel rows, transposed to [k][kPanel] (zero-padded). A task owns kMC weight
@@ -45,7 +48,6 @@ using w8::V;
 constexpr int64_t kGemmMinM = 16;             // x rows from which the GEMM path is used
 constexpr int64_t kDecodeKBlock = 1024;       // decode: K block (8 x rows of it = 32 KiB of FP32)
 constexpr int64_t kDecodeGroup = 4;           // decode: weight rows per task unit
-constexpr int64_t kPrefetchBytes = 1024;      // decode: software prefetch distance along a weight row
 #if defined(__AVX512F__)
 #define CG_DECODE_MR8 1
 constexpr int64_t kDecodeMR = 8;              // decode: x rows per tile (32 vector registers)
@@ -82,9 +84,11 @@ inline void Put(float v, half_t *dst) { *dst = static_cast<half_t>(v); }
 
 // ================================================================================ decode path
 
-// acc[m * ldy + n] += sum_{k < kn} x[m * ldx + k] * w[n * ldw + k] for m < MR, n < NR.
+// acc[m * ldy + n] += sum_{k < kn} x[m * ldx + k] * w[n * ldw + k] for m < MR, n < NR. Unless
+// `next` is null, the cache lines of next[n * ldw + k] (n < NR, k < kn) are prefetched on the way.
 template <int MR, int NR, int KU, typename W>
-void Tile(const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, float *acc, int64_t ldy) {
+void Tile(const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, float *acc, int64_t ldy,
+          const W *next = nullptr) {
   V s[KU][MR][NR];
   for (int u = 0; u < KU; ++u)
     for (int m = 0; m < MR; ++m)
@@ -92,10 +96,8 @@ void Tile(const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, floa
   int64_t k = 0;
   for (; k + kLanes * KU <= kn; k += kLanes * KU) {
 #if defined(__x86_64__) && (defined(__AVX512F__) || defined(__AVX2__))
-    if (MR <= 2) {  // few x rows: weight-streaming bound, prefetch each row kPrefetchBytes ahead
-      for (int n = 0; n < NR; ++n) {
-        _mm_prefetch(reinterpret_cast<const char *>(w + n * ldw + k) + kPrefetchBytes, _MM_HINT_T0);
-      }
+    if (next != nullptr && (k * static_cast<int64_t>(sizeof(W))) % 64 == 0) {  // one line per row
+      for (int n = 0; n < NR; ++n) _mm_prefetch(reinterpret_cast<const char *>(next + n * ldw + k), _MM_HINT_T0);
     }
 #endif
     for (int u = 0; u < KU; ++u) {
@@ -138,13 +140,14 @@ void Rows(int64_t mr, const float *x, int64_t ldx, const W *w, int64_t ldw, int6
 }
 
 // Rows [0, mr) (mr <= kDecodeMR) of x against nr <= kDecodeGroup weight rows, one K block. Up to
-// 2 x rows: 4 weight rows at a time (M = 1 with two k-steps in flight, 8 accumulators); more x
-// rows: 2 weight rows at a time, mr x 2 accumulators (16 of AVX-512's 32 registers at mr = 8).
+// 2 x rows: 4 weight rows at a time (M = 1 with two k-steps in flight, 8 accumulators), prefetching
+// the same K block of the `next` group's rows; more x rows: 2 weight rows at a time, mr x 2
+// accumulators (16 of AVX-512's 32 registers at mr = 8).
 template <typename W>
 void Group(int64_t mr, int64_t nr, const float *x, int64_t ldx, const W *w, int64_t ldw, int64_t kn, float *acc,
-           int64_t ldy) {
-  if (mr == 1 && nr == kDecodeGroup) return Tile<1, 4, 2>(x, ldx, w, ldw, kn, acc, ldy);
-  if (mr == 2 && nr == kDecodeGroup) return Tile<2, 4, 1>(x, ldx, w, ldw, kn, acc, ldy);
+           int64_t ldy, const W *next) {
+  if (mr == 1 && nr == kDecodeGroup) return Tile<1, 4, 2>(x, ldx, w, ldw, kn, acc, ldy, next);
+  if (mr == 2 && nr == kDecodeGroup) return Tile<2, 4, 1>(x, ldx, w, ldw, kn, acc, ldy, next);
   int64_t n = 0;
   for (; n + 2 <= nr; n += 2) Rows<2>(mr, x, ldx, w + n * ldw, ldw, kn, acc + n, ldy);
   if (n < nr) Rows<1>(mr, x, ldx, w + n * ldw, ldw, kn, acc + n, ldy);  // the last row of w (N odd)
@@ -157,10 +160,12 @@ void DecodeRows(const float *x, const W *w, const float *scale, int64_t M, int64
   for (int64_t m = 0; m < M; ++m) std::memset(acc + m * N + nb, 0, sizeof(float) * (ne - nb));
   for (int64_t n = nb; n < ne; n += kDecodeGroup) {
     const int64_t nr = std::min(kDecodeGroup, ne - n);
+    const bool full_next = n + 2 * kDecodeGroup <= ne;  // the next group is whole and in this range
     for (int64_t k0 = 0; k0 < K; k0 += kDecodeKBlock) {
       const int64_t kn = std::min(kDecodeKBlock, K - k0);
+      const W *next = full_next ? w + (n + kDecodeGroup) * K + k0 : nullptr;
       for (int64_t m = 0; m < M; m += kDecodeMR) {
-        Group(std::min(kDecodeMR, M - m), nr, x + m * K + k0, K, w + n * K + k0, K, kn, acc + m * N + n, N);
+        Group(std::min(kDecodeMR, M - m), nr, x + m * K + k0, K, w + n * K + k0, K, kn, acc + m * N + n, N, next);
       }
     }
   }
