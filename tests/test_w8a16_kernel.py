@@ -21,12 +21,12 @@ import mindspore as ms
 
 from codegeex_ms.config import load_config
 from codegeex_ms.model.build import build_model
-from codegeex_ms.model.layers import LinearSpec, QuantizedLinear
+from codegeex_ms.model.layers import Linear, LinearSpec, QuantizedLinear
 from codegeex_ms.data.masks import causal_mask, positions
 from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.kernel_build import call_aot
-from codegeex_ms.ops.w8a16 import f16w_matmul, w8a16_matmul
+from codegeex_ms.ops.w8a16 import GEMM_MIN_ROWS, float_weight_matmul, w8a16_matmul
 from codegeex_ms.model.quant import quantize_into
 
 RNG = np.random.default_rng(99)
@@ -75,23 +75,25 @@ def isa_library(isa, monkeypatch):
     return str(kernel_build.build_cpu("w8a16_matmul"))
 
 
-def check_both_kernels(lib, m, k, n, dtype):
+def check_all_kernels(lib, m, k, n, dtype):
+    """W8A16 on int8 weights, the float-weight kernel on FP16 and on FP32 weights."""
     x, q, scale = case(m, k, n, dtype)
     y = np.full((m, n), np.nan, dtype)
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, y]) == 0
     ref, tol = bound(x, q, scale, dtype)
     assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
-    w16 = RNG.standard_normal((n, k)).astype(np.float16)
-    y = np.full((m, n), np.nan, dtype)
-    assert call_aot(lib, "F16WMatMul", [x, w16, y]) == 0
-    ref, tol = bound(x, w16, None, dtype)
-    assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
+    for w_dtype in (np.float16, np.float32):
+        w = RNG.standard_normal((n, k)).astype(w_dtype)
+        y = np.full((m, n), np.nan, dtype)
+        assert call_aot(lib, "FloatWMatMul", [x, w, y]) == 0
+        ref, tol = bound(x, w, None, dtype)
+        assert (np.abs(y.astype(np.float64) - ref) <= tol).all(), w_dtype
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_kernels_match_numpy_on_odd_shapes(lib, m, k, n, dtype):
-    check_both_kernels(lib, m, k, n, dtype)
+    check_all_kernels(lib, m, k, n, dtype)
 
 
 @pytest.mark.parametrize("isa", sorted(ISA_FLAGS))
@@ -104,7 +106,7 @@ def test_other_isa_builds_match_numpy(isa, monkeypatch):
     assert fn().decode() == isa
     for m, k, n in [(3, 70, 9), (17, 300, 13), (130, 530, 203)]:
         for dtype in (np.float32, np.float16):
-            check_both_kernels(lib, m, k, n, dtype)
+            check_all_kernels(lib, m, k, n, dtype)
 
 
 def test_empty_reduction_gives_zeros(lib):
@@ -124,25 +126,27 @@ def test_kernel_rejects_bad_arguments(lib):
     assert call_aot(lib, "W8A16MatMul", [x, q, scale[:2].copy(), y]) == 3                          # scale rows
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, np.empty((2, 4), np.float32)]) == 3           # y shape
     w16 = q.astype(np.float16)
-    assert call_aot(lib, "F16WMatMul", [x, w16, scale, y]) == 1                                     # arity
-    assert call_aot(lib, "F16WMatMul", [x, q, y]) == 2                                              # f16 w
-    assert call_aot(lib, "F16WMatMul", [x, w16, np.empty((2, 3), np.float16)]) == 2                 # y dtype
-    assert call_aot(lib, "F16WMatMul", [x, w16[:, :5].copy(), y]) == 3                              # K differs
-    assert call_aot(lib, "F16WMatMul", [x, w16, np.empty((3, 3), np.float32)]) == 3                 # y shape
+    assert call_aot(lib, "FloatWMatMul", [x, w16, scale, y]) == 1                                     # arity
+    assert call_aot(lib, "FloatWMatMul", [x, q, y]) == 2                                              # float w
+    assert call_aot(lib, "FloatWMatMul", [x, w16.astype(np.float64), y]) == 2                         # f16/f32 w
+    assert call_aot(lib, "FloatWMatMul", [x, w16, np.empty((2, 3), np.float16)]) == 2                 # y dtype
+    assert call_aot(lib, "FloatWMatMul", [x, w16[:, :5].copy(), y]) == 3                              # K differs
+    assert call_aot(lib, "FloatWMatMul", [x, w16, np.empty((3, 3), np.float32)]) == 3                 # y shape
 
 
 @pytest.mark.parametrize("x_dtype", ["float32", "float16"])
-def test_f16w_primitive_matches_numpy(x_dtype):
-    """The ops.Custom primitive of the FP16-weight kernel, as a model calls it (PyNative)."""
+@pytest.mark.parametrize("w_dtype", ["float16", "float32"])
+def test_float_weight_primitive_matches_numpy(x_dtype, w_dtype):
+    """The ops.Custom primitive of the float-weight kernel, as a model calls it (PyNative)."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    f = f16w_matmul("on")
+    f = float_weight_matmul("on")
     x = RNG.standard_normal((5, 70)).astype(x_dtype)
-    w16 = RNG.standard_normal((33, 70)).astype(np.float16)
-    y = f(ms.Tensor(x), ms.Tensor(w16)).asnumpy()
+    w = RNG.standard_normal((33, 70)).astype(w_dtype)
+    y = f(ms.Tensor(x), ms.Tensor(w)).asnumpy()
     assert y.shape == (5, 33) and y.dtype == np.dtype(x_dtype)
-    ref, tol = bound(x, w16, None, np.dtype(x_dtype).type)
+    ref, tol = bound(x, w, None, np.dtype(x_dtype).type)
     assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
-    assert f16w_matmul("off") is None
+    assert float_weight_matmul("off") is None
 
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "float16"])
@@ -167,7 +171,46 @@ def test_int8_linear_uses_the_kernel_and_matches_numpy(compute_dtype):
     assert (np.abs(y.reshape(6, 21) - ref) <= tol).all()
 
 
+class _Counting:
+    """Wraps a primitive, counting calls (PyNative)."""
+
+    def __init__(self, prim):
+        self.prim, self.calls = prim, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.prim(*args)
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "float16"])
+def test_float_linear_runs_the_kernel_where_it_is_faster(param_dtype):
+    """FP32-compute Linear in inference: the float-weight kernel for fewer than GEMM_MIN_ROWS rows
+    (FP32 weights) or any rows (FP16 weights); MatMul in training and for FP32 GEMMs. Both equal
+    x · Wᵀ + b within the kernel's bound plus the bias add's rounding."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    layer = Linear(37, 21, LinearSpec("float32", param_dtype, fused="on"))
+    w = RNG.standard_normal((21, 37)).astype(param_dtype)
+    bias = (0.1 * RNG.standard_normal(21)).astype(np.float32)
+    layer.weight.set_data(ms.Tensor(w))
+    layer.bias.set_data(ms.Tensor(bias.astype(param_dtype)))
+    layer.fused_matmul = counting = _Counting(layer.fused_matmul)
+    expected_calls = 0
+    for training, rows in ((False, 3), (False, GEMM_MIN_ROWS), (True, 3)):
+        layer.set_train(training)
+        x = RNG.standard_normal((rows, 37)).astype(np.float32)
+        y = layer(ms.Tensor(x)).asnumpy()
+        expected_calls += not training and (rows < GEMM_MIN_ROWS or param_dtype == "float16")
+        assert counting.calls == expected_calls, (training, rows)
+        ref, tol = bound(x, w, None, np.float32)
+        ref = ref + bias.astype(param_dtype).astype(np.float64)
+        assert (np.abs(y - ref) <= tol + 2.0 ** -23 * np.abs(ref)).all()
+
+
 def test_shard_switches_the_layer_to_builtin_operators():
+    float_layer = Linear(8, 4, LinearSpec(fused="on"))
+    assert float_layer.fused_matmul is not None
+    float_layer.shard_row(1, 2)
+    assert float_layer.fused_matmul is None
     layer = QuantizedLinear(8, 4, LinearSpec(weight_quant="int8", fused="on"))
     assert layer.fused_matmul is not None
     layer.shard_column(1, 2)

@@ -13,7 +13,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from codegeex_ms.ops.fused import fused_layer_norm
-from codegeex_ms.ops.w8a16 import w8a16_matmul
+from codegeex_ms.ops.w8a16 import GEMM_MIN_ROWS, float_weight_matmul, w8a16_matmul
 
 DTYPE = {"float16": ms.float16, "float32": ms.float32}
 
@@ -46,7 +46,14 @@ def linear(in_features: int, out_features: int, spec: LinearSpec) -> "Linear":
 
 class Linear(nn.Cell):
     """``y = x · Wᵀ + b`` over the last axis: x [..., in] (any float dtype) → [..., out] in
-    ``spec.compute_dtype``; ``weight`` [out, in], ``bias`` [out] (torch layout)."""
+    ``spec.compute_dtype``; ``weight`` [out, in], ``bias`` [out] (torch layout).
+
+    With FP32 compute on CPU, in inference (``set_train(False)``) and unsharded, the product runs
+    the float-weight kernel (``ops.w8a16.float_weight_matmul``, chosen by ``spec.fused``) for
+    fewer than ``GEMM_MIN_ROWS`` rows (a decode step: it streams the weights on all cores), and for
+    FP16 weights at any row count (widened in registers, no FP32 copy); otherwise MindSpore's
+    MatMul. Each output is the same FP32 dot product either way (up to summation order).
+    """
 
     def __init__(self, in_features: int, out_features: int, spec: LinearSpec = LinearSpec()):
         super().__init__()
@@ -55,6 +62,7 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[spec.param_dtype]), name="bias")
         self.compute_dtype = DTYPE[spec.compute_dtype]
         self.matmul = ops.MatMul(transpose_b=True)
+        self.fused_matmul = float_weight_matmul(spec.fused) if spec.compute_dtype == "float32" else None
         self.bias_add = ops.Add()
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
@@ -66,6 +74,7 @@ class Linear(nn.Cell):
     def shard_column(self, dp, mp):
         """Split the output features over ``mp`` (q/k/v, dense_h_to_4h)."""
         self.matmul.shard(((dp, 1), (mp, 1)))
+        self.fused_matmul = None  # the custom kernels have no shard strategy
         self.bias_add.shard(((dp, mp), (mp,)))
         self.split = {"weight": (mp, 1), "bias": (mp,)}
         return self
@@ -73,6 +82,7 @@ class Linear(nn.Cell):
     def shard_row(self, dp, mp):
         """Split the input features over ``mp``; the product is reduced (attention.dense, dense_4h_to_h)."""
         self.matmul.shard(((dp, mp), (1, mp)))
+        self.fused_matmul = None  # the custom kernels have no shard strategy
         self.bias_add.shard(((dp, 1), (1,)))
         self.split = {"weight": (1, mp), "bias": (1,)}
         return self
@@ -84,6 +94,9 @@ class Linear(nn.Cell):
 
     def _product(self, x):
         """``x`` [rows, in] (compute dtype) · Wᵀ → [rows, out]."""
+        if self.fused_matmul is not None and not self.training and (
+                x.shape[0] < GEMM_MIN_ROWS or self.weight.dtype != self.compute_dtype):
+            return self.fused_matmul(x, self.weight)
         return self.matmul(x, self.cast(self.weight, self.compute_dtype))
 
     def construct(self, x):
@@ -123,14 +136,12 @@ class QuantizedLinear(Linear):
 
     def shard_column(self, dp, mp):
         super().shard_column(dp, mp)
-        self.fused_matmul = None  # the custom kernel has no shard strategy
         self.scale_mul.shard(((dp, mp), (mp,)) if self.fold_scale else ((mp, 1), (mp, 1)))
         self.split["weight_scale"] = (mp,)
         return self
 
     def shard_row(self, dp, mp):
         super().shard_row(dp, mp)
-        self.fused_matmul = None  # the custom kernel has no shard strategy
         self.scale_mul.shard(((dp, 1), (1,)) if self.fold_scale else ((1, mp), (1, 1)))
         self.split["weight_scale"] = (1,)
         return self

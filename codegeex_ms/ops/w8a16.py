@@ -6,9 +6,11 @@
 - ``weight`` [N, K] int8 (``[out, in]``), ``scale`` [N] float32 (per output row),
 - ``y`` [M, N] in ``x``'s dtype: ``y = (x · weightᵀ) · scale``, FP32 accumulation, one rounding.
 
-``f16w_matmul(mode)`` returns a primitive ``f(x, weight) -> y`` with the same ``x`` and ``y`` and
-``weight`` [N, K] float16, ``y = x · weightᵀ`` (FP32 accumulation, no scale): e.g. logits from an
-FP16 word-embedding table without an FP32 copy of it.
+``float_weight_matmul(mode)`` returns a primitive ``f(x, weight) -> y`` with the same ``x`` and
+``y`` and ``weight`` [N, K] float16 or float32, ``y = x · weightᵀ`` (FP32 accumulation, no scale):
+e.g. logits from an FP16 word-embedding table without an FP32 copy of it, or a decode step's
+FP32 matmuls at the memory bandwidth (MindSpore's CPU MatMul streams a one-row product's weights
+at about half of it).
 
 Both return ``None`` when the built-in operators should be used (``mode`` as for the other fused
 kernels: ``"off"``; ``"auto"`` off CPU or when the library cannot be built, with a one-line
@@ -28,8 +30,14 @@ from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.fused import check_mode
 
 KERNEL = "w8a16_matmul"
+GEMM_MIN_ROWS = 16
+"""From this many x rows the kernels run their blocked GEMM (``kGemmMinM`` in the .cc); below it
+the decode path, which streams the weights at the memory bandwidth on all threads where
+MindSpore's CPU MatMul keeps a one-row product on one thread (FP32 weights: one core, 13.5 vs
+13.6 GB/s; 8 rows 9.5 vs 5.7 GB/s). At GEMM sizes MindSpore's MatMul is the faster one for FP32
+weights."""
 SYMBOL = "W8A16MatMul"
-F16W_SYMBOL = "F16WMatMul"
+FLOAT_W_SYMBOL = "FloatWMatMul"
 ACTIVATION_TYPES = (ms.float16, ms.float32)
 
 logger = logging.getLogger("codegeex_ms")
@@ -61,13 +69,14 @@ def _out_dtype(x_dtype, w_dtype, scale_dtype):
     return x_dtype
 
 
-def _f16w_out_shape(x_shape, w_shape):
-    return _matmul_shape("F16W matmul", x_shape, w_shape)
+def _float_w_out_shape(x_shape, w_shape):
+    return _matmul_shape("float-weight matmul", x_shape, w_shape)
 
 
-def _f16w_out_dtype(x_dtype, w_dtype):
-    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) != ms.float16:
-        raise TypeError(f"F16W matmul takes float16/float32 x and a float16 weight; got {x_dtype}, {w_dtype}")
+def _float_w_out_dtype(x_dtype, w_dtype):
+    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) not in ACTIVATION_TYPES:
+        raise TypeError(f"float-weight matmul takes float16/float32 x and a float16/float32 weight; got "
+                        f"{x_dtype}, {w_dtype}")
     return x_dtype
 
 
@@ -99,11 +108,11 @@ def w8a16_matmul(mode: str) -> Optional[ops.Custom]:
     return ops.Custom(f"{lib}:{SYMBOL}", out_shape=_out_shape, out_dtype=_out_dtype, func_type="aot")
 
 
-def f16w_matmul(mode: str) -> Optional[ops.Custom]:
-    """``f(x [M,K] f32|f16, weight [N,K] f16) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or None
-    for the built-in operators (see the module docstring)."""
-    lib = _library(mode, "FP16-weight matmul")
+def float_weight_matmul(mode: str) -> Optional[ops.Custom]:
+    """``f(x [M,K] f32|f16, weight [N,K] f16|f32) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or
+    None for the built-in operators (see the module docstring)."""
+    lib = _library(mode, "float-weight matmul")
     if lib is None:
         return None
-    return ops.Custom(f"{lib}:{F16W_SYMBOL}", out_shape=_f16w_out_shape, out_dtype=_f16w_out_dtype,
+    return ops.Custom(f"{lib}:{FLOAT_W_SYMBOL}", out_shape=_float_w_out_shape, out_dtype=_float_w_out_dtype,
                       func_type="aot")
