@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codegeex_ms.inference.sampling import SamplingParams, filtered_probs, log_softmax
+from codegeex_ms.inference.sampling import SamplingParams, log_softmax, sample_rows
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,5 @@ def choose(logits: np.ndarray, params: list, rngs: list) -> np.ndarray:
         if p.temperature == 0:
             out[rows] = np.argmax(sub, axis=-1)
             continue
-        probs = filtered_probs(sub, p)
-        u = np.array([[rngs[r].random()] for r in rows])
-        picks = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
-        last_allowed = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
-        out[rows] = np.minimum(picks, last_allowed)
+        out[rows] = sample_rows(sub, p, np.array([rngs[r].random() for r in rows]))
     return out

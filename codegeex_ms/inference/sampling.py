@@ -47,21 +47,63 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
 
 
-def filtered_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """Probabilities [B, V] after temperature, top-k and top-p (rows sum to 1)."""
-    x = logits.astype(np.float64) / params.temperature
+def _tempered_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Float64 probabilities [B, V] after temperature and top-k, before top-p (rows sum to 1)."""
+    x = logits.astype(np.float64)
+    x /= params.temperature
     if params.top_k and params.top_k < x.shape[-1]:
         kth = np.partition(x, -params.top_k, axis=-1)[:, -params.top_k][:, None]
-        x = np.where(x < kth, -np.inf, x)
-    probs = np.exp(x - x.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
+        x[x < kth] = -np.inf
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def filtered_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Probabilities [B, V] after temperature, top-k and top-p (rows sum to 1)."""
+    probs = _tempered_probs(logits, params)
     if params.top_p < 1.0:
-        keep = np.zeros(probs.shape, dtype=bool)
+        out = np.zeros_like(probs)
         for r in range(probs.shape[0]):
-            keep[r, _nucleus(probs[r], params.top_p)] = True
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(axis=-1, keepdims=True)
+            kept = _nucleus(probs[r], params.top_p)
+            out[r, kept] = probs[r, kept]
+        probs = out / out.sum(axis=-1, keepdims=True)
     return probs
+
+
+def sample_rows(logits: np.ndarray, params: SamplingParams, u: np.ndarray) -> np.ndarray:
+    """One token per row of ``logits`` [B, V] (padding rows already -inf) sampled under ``params``
+    (temperature > 0) with the uniform numbers ``u`` [B] in [0, 1): the first token, in id order,
+    at which the cumulative :func:`filtered_probs` of its row reaches ``u[r]``, never a token of
+    probability 0. Returns int64 [B].
+
+    The same tokens as that cumulative sum over the whole vocabulary, bit for bit, at a fraction
+    of its cost: only the nucleus is summed (the tokens outside it add exact zeros), and its
+    renormalising total is summed at full width so its rounding is the same."""
+    probs = _tempered_probs(logits, params)
+    out = np.empty(probs.shape[0], np.int64)
+    scratch = np.zeros(probs.shape[-1])
+    for r, row in enumerate(probs):
+        if params.top_p < 1.0:
+            kept = _nucleus(row, params.top_p)
+            vals = row[kept]
+            scratch[kept] = vals
+            vals = vals / scratch.sum()
+            scratch[kept] = 0.0
+        else:
+            kept, vals = None, row
+        j = int(np.count_nonzero(np.cumsum(vals) < u[r]))
+        j = min(j, int(np.flatnonzero(vals > 0)[-1]))      # rounding guard: a token with mass
+        out[r] = j if kept is None else kept[j]
+    return out
+
+
+# _nucleus first sorts only the tokens of probability >= each of these (at most 1 / t of them).
+_LIKELY = (1e-3, 1e-5)
+# Candidates whose cumulative mass reaches top_p + _MASS_MARGIN hold the nucleus whatever the
+# rounding (the mass before any later token is at least that mass less a few ulps of 1).
+_MASS_MARGIN = 1e-9
 
 
 def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
@@ -71,13 +113,34 @@ def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
     Equal to ``order[mass_before < top_p]`` for ``order = argsort(-p, kind="stable")`` and
     ``mass_before = cumsum(p[order]) - p[order]``, computed from ``np.sort`` (much faster than a
     stable argsort): the sorted values are the same numbers in the same order, so the sums and
-    the cut are the same bit for bit."""
-    desc = np.sort(p)[::-1]
-    count = int(np.count_nonzero(np.cumsum(desc) - desc < top_p))
+    the cut are the same bit for bit. Only the tokens of probability >= a threshold are sorted
+    when their sorted cumulative mass reaches ``top_p + _MASS_MARGIN``: they are the first
+    entries of the full sort (every other token is smaller), so their sums are the full sort's,
+    and every later token's mass before it is >= top_p, outside the set. The thresholds tried:
+    ``_LIKELY``, then one low enough that the tokens below it weigh less than ``1 - top_p`` less
+    the margin (so their complement always qualifies), then (top_p within the margin of 1) all."""
+    for threshold in (*_LIKELY, (1.0 - top_p - 2 * _MASS_MARGIN) / p.size):
+        if threshold > 0:
+            ids = np.flatnonzero(p >= threshold)
+            kept = _nucleus_among(p, ids, top_p, complete=False) if ids.size else None
+            if kept is not None:
+                return kept
+    return _nucleus_among(p, np.arange(p.size), top_p, complete=True)
+
+
+def _nucleus_among(p: np.ndarray, ids: np.ndarray, top_p: float, complete: bool):
+    """:func:`_nucleus` of ``p`` from the candidates ``ids`` (ascending), every one more likely
+    than any other token; None when they are not ``complete`` and too light to hold it."""
+    vals = p[ids]
+    desc = np.sort(vals)[::-1]
+    mass = np.cumsum(desc)
+    if not complete and not mass[-1] >= top_p + _MASS_MARGIN:
+        return None
+    count = int(np.count_nonzero(mass - desc < top_p))
     cut = desc[count - 1]
-    keep = p > cut
-    keep[np.flatnonzero(p == cut)[:count - int(np.count_nonzero(keep))]] = True
-    return np.flatnonzero(keep)
+    keep = vals > cut
+    keep[np.flatnonzero(vals == cut)[:count - int(np.count_nonzero(keep))]] = True
+    return ids[keep]
 
 
 def next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
@@ -86,8 +149,4 @@ def next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     logits = mask_padding_rows(logits, real_vocab_size)
     if params.temperature == 0.0:
         return np.argmax(logits, axis=-1).astype(np.int32)
-    probs = filtered_probs(logits, params)
-    u = rng.random((probs.shape[0], 1))
-    picks = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
-    last_allowed = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)  # rounding guard
-    return np.minimum(picks, last_allowed).astype(np.int32)
+    return sample_rows(logits, params, rng.random(logits.shape[0])).astype(np.int32)
