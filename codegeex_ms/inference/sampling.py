@@ -93,8 +93,9 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, u: np.ndarray) -> np
             scratch[kept] = 0.0
         else:
             kept, vals = None, row
-        j = int(np.count_nonzero(np.cumsum(vals) < u[r]))
-        j = min(j, int(np.flatnonzero(vals > 0)[-1]))      # rounding guard: a token with mass
+        j = int(np.searchsorted(np.cumsum(vals), u[r]))    # how many cumulative sums are < u
+        if j == vals.size or vals[j] == 0:                 # rounding guard: a token with mass
+            j = min(j, int(np.flatnonzero(vals > 0)[-1]))
         out[r] = j if kept is None else kept[j]
     return out
 
