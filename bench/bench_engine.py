@@ -19,7 +19,7 @@
    plain greedy at batch 1: tokens must be identical; acceptance rate and speed reported.
 
 The model: real pass@k generation samples a trained model whose samples end at varied lengths.
-Without ``--checkpoint`` the bench first trains one (``--train-steps``, default 300: about 3
+Without ``--checkpoint`` the bench first trains one (``--train-steps``, default 300: about 2
 minutes for tiny on 2 cores): the ``--config`` model fine-tuned from scratch on docstring ->
 body pairs of this Python's standard library (prompt: the language tag, the signature and the
 docstring, as HumanEval-X's; completion: the body, then EOD). Its text is poor, but its samples
@@ -64,6 +64,9 @@ def parse_args(argv=None):
                         help="without --checkpoint: fine-tune the model from scratch for this many "
                              "steps on docstring -> body pairs first; 0: seeded random weights "
                              "(default: %(default)s)")
+    parser.add_argument("--train-lr", type=float, default=3e-3,
+                        help="peak learning rate of that training (default: %(default)s, for tiny; "
+                             "1e-3 suits small)")
     parser.add_argument("--model-dir", help="where the trained model is written; a model trained "
                                             "there with the same settings is reused (default: a "
                                             "temporary directory, removed)")
@@ -146,7 +149,8 @@ def trained_checkpoint(args, directory: Path) -> tuple:
     """(checkpoint, description): the model fine-tuned from scratch in ``directory`` by
     ``python -m codegeex_ms.train`` (see the module doc), or the one already there with the same
     settings."""
-    settings = {"config": args.config, "overrides": list(model_overrides(args)), "steps": args.train_steps}
+    settings = {"config": args.config, "overrides": list(model_overrides(args)), "steps": args.train_steps,
+                "lr": args.train_lr}
     checkpoint, record = directory / "train" / "model_final.ckpt", directory / "bench_model.json"
     if checkpoint.is_file() and record.is_file() and json.loads(record.read_text())["settings"] == settings:
         return str(checkpoint), json.loads(record.read_text())["description"]
@@ -154,7 +158,7 @@ def trained_checkpoint(args, directory: Path) -> tuple:
     pairs = docstring_pairs(directory / "pairs.jsonl")
     steps = args.train_steps
     train = {"seq_length": 256, "micro_batch_size": 4, "train_steps": steps, "warmup_steps": 10,
-             "decay_steps": 2 * steps, "lr": 3.0e-3, "min_lr": 3.0e-4, "save_every": steps,
+             "decay_steps": 2 * steps, "lr": args.train_lr, "min_lr": args.train_lr / 10, "save_every": steps,
              "log_every": 10, "output_dir": directory / "train"}
     sets = [f"train.{k}={v}" for k, v in train.items()] + [
         "data.finetune=true", f"data.train_path={directory / 'pairs.jsonl'}", *model_overrides(args)]
@@ -166,7 +170,8 @@ def trained_checkpoint(args, directory: Path) -> tuple:
                         "--no-progress", *[a for kv in sets for a in ("--set", kv)]],
                        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     rows = [json.loads(line) for line in open(directory / "train" / "train_log.jsonl")]
-    description = (f"{args.config} fine-tuned from scratch, {steps} steps x 4 x 256 tokens on {pairs} "
+    description = (f"{args.config} fine-tuned from scratch, {steps} steps x 4 x 256 tokens (peak LR "
+                   f"{args.train_lr:g}) on {pairs} "
                    f"docstring -> body pairs of the Python {platform.python_version()} standard "
                    f"library (loss {rows[0]['loss']:.2f} at step {rows[0]['step']} -> "
                    f"{rows[-1]['loss']:.2f}; trained in {time.perf_counter() - t0:.0f} s)")
