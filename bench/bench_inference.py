@@ -5,8 +5,12 @@ Two random-weight models with the real vocabulary (52224 rows): ``small`` (~20M 
 ``medium`` (~130M, GPT-2-small sized), graph mode, greedy decoding, batch 1 and 8, one prompt
 length. For each model, weights (FP32 or INT8 W8A16) and batch:
 
-- prefill: the generator's first call over the padded prompts (tokens/s = batch × prompt / time);
-- decode, KV cache: the generator's incremental steps (ms per step; one step makes ``batch`` tokens);
+- prefill: the generator's prefill of the prompts (tokens/s = batch × prompt / time; fresh random
+  prompts every run, so no cached prefix is reused);
+- decode, KV cache: the generator's incremental steps (ms per step; one step makes ``batch`` tokens;
+  mean over a run's steps, best of ``--repeats`` runs). Both networks of a model stay loaded and
+  their runs alternate (FP32, INT8, FP32, ...), so the INT8 / FP32 ratio printed under the table
+  compares them under the same machine conditions;
 - decode, recompute: a full forward over the whole prompt + new-token window at every step, as a
   cache-free static-shape decoder does (ms per step, a few steps);
 - bound: the bytes of the weights one decode step reads (every parameter but the two position
@@ -28,7 +32,7 @@ Kernels at 13B shapes (``--parts kernels``), side by side in one process:
 
 - prefill (M = 128 rows, K x N of the 13B layers: 5120 x 5120 attention, 5120 x 20480 and
   20480 x 5120 MLP): MindSpore's FP32 ``MatMul(transpose_b=True)`` on FP32 weights, the fused
-  W8A16 kernel on int8 weights and the FP16-weight kernel (``F16WMatMul``) on FP16 weights, each
+  W8A16 kernel on int8 weights and the FP16-weight kernel (``FloatWMatMul``) on FP16 weights, each
   the best of ``--kernel-repeats`` calls taken in turn (the machine may be shared); GFLOP/s =
   2·M·K·N / time, and the W8A16 kernel's fraction of MindSpore's.
 - decode (M = 1 and 8): the W8A16 kernel on the 13B layer shapes and the FP16-weight kernel on
@@ -148,37 +152,48 @@ def recompute_decode(net, prompts, new_tokens, steps):
     return 1e3 * min(times[1:]), ids[:, p:p + steps + 1]
 
 
-def bench_network(label, net, args, bandwidth):
-    """Rows for one network at every batch size of ``args``."""
+def bench_networks(name, nets, args, bandwidth):
+    """Rows for model ``name`` with each of ``nets`` (weights label -> network) at every batch size
+    of ``args``. The networks' generator runs are interleaved (one run of each in turn, ``repeats``
+    rounds, best kept), so FP32 and INT8 are timed under the same machine conditions."""
     rows = []
-    read = step_read_bytes(net)
-    cfg = net.config
+    cfg = next(iter(nets.values())).config
     for batch in args.batches:
         rng = np.random.default_rng(batch)
-        prompts = rng.integers(0, cfg.real_vocab_size, (batch, args.prompt)).astype(np.int32)
-        gen = Generator(net, IdTokenizer())
-        gen.generate([list(r) for r in prompts], 2)          # compile prefill + decode
-        prefill_s, decode_ms = float("inf"), float("inf")
+
+        def draw():
+            return [list(r) for r in rng.integers(0, cfg.real_vocab_size, (batch, args.prompt)).astype(np.int32)]
+
+        gens = {label: Generator(net, IdTokenizer()) for label, net in nets.items()}
+        for gen in gens.values():
+            gen.generate(draw(), 2)          # compile prefill + decode
+        prefill_s = dict.fromkeys(nets, float("inf"))
+        decode_ms = dict.fromkeys(nets, float("inf"))
+        outs = {}
         for _ in range(args.repeats):
-            out = gen.generate([list(r) for r in prompts], args.new_tokens)
-            t = gen.timing
-            prefill_s = min(prefill_s, t.prefill_s)
-            decode_ms = min(decode_ms, 1e3 * t.decode_s / t.decode_steps)
-        cached = np.array([c.token_ids for c in out])
-        rc_ms, rc_tokens = recompute_decode(net, prompts, args.new_tokens, args.recompute_steps)
-        cache_len = t.compiles[-1][1]          # the decoder's (batch, cache length)
-        kv = 2 * (cfg.num_layers + 1) * batch * cache_len * cfg.hidden_size * 4
-        bound_ms = 1e3 * read / bandwidth
-        rows.append({
-            "model": label[0], "weights": label[1], "batch": batch, "prompt": args.prompt,
-            "new_tokens": args.new_tokens, "prefill_tokens_per_s": batch * args.prompt / prefill_s,
-            "decode_ms_per_step": decode_ms, "decode_tokens_per_s": 1e3 * batch / decode_ms,
-            "recompute_ms_per_step": rc_ms, "recompute_window": args.prompt + args.new_tokens,
-            "recompute_tokens_agree": bool((rc_tokens == cached[:, :rc_tokens.shape[1]]).all()),
-            "step_weight_bytes": read, "kv_cache_bytes_per_step": kv,
-            "bound_ms": bound_ms, "decode_over_bound": decode_ms / bound_ms})
-        print(f"  {label[0]} {label[1]} batch {batch}: prefill {rows[-1]['prefill_tokens_per_s']:.0f} tok/s, "
-              f"decode {decode_ms:.1f} ms/step (cache) vs {rc_ms:.1f} (recompute)", flush=True)
+            prompts = draw()    # new prompts every round: a repeated prompt would reuse its cached prefix
+            for label, gen in gens.items():
+                outs[label] = gen.generate(prompts, args.new_tokens)
+                t = gen.timing
+                prefill_s[label] = min(prefill_s[label], t.prefill_s)
+                decode_ms[label] = min(decode_ms[label], 1e3 * t.decode_s / t.decode_steps)
+        for label, net in nets.items():
+            cached = np.array([c.token_ids for c in outs[label]])
+            rc_ms, rc_tokens = recompute_decode(net, np.array(prompts), args.new_tokens, args.recompute_steps)
+            cache_len = gens[label].timing.compiles[-1][1]          # the decoder's (batch, cache length)
+            kv = 2 * (cfg.num_layers + 1) * batch * cache_len * cfg.hidden_size * 4
+            read = step_read_bytes(net)
+            bound_ms = 1e3 * read / bandwidth
+            rows.append({
+                "model": name, "weights": label, "batch": batch, "prompt": args.prompt,
+                "new_tokens": args.new_tokens, "prefill_tokens_per_s": batch * args.prompt / prefill_s[label],
+                "decode_ms_per_step": decode_ms[label], "decode_tokens_per_s": 1e3 * batch / decode_ms[label],
+                "recompute_ms_per_step": rc_ms, "recompute_window": args.prompt + args.new_tokens,
+                "recompute_tokens_agree": bool((rc_tokens == cached[:, :rc_tokens.shape[1]]).all()),
+                "step_weight_bytes": read, "kv_cache_bytes_per_step": kv,
+                "bound_ms": bound_ms, "decode_over_bound": decode_ms[label] / bound_ms})
+            print(f"  {name} {label} batch {batch}: prefill {rows[-1]['prefill_tokens_per_s']:.0f} tok/s, "
+                  f"decode {decode_ms[label]:.1f} ms/step (cache) vs {rc_ms:.1f} (recompute)", flush=True)
     return rows
 
 
@@ -230,7 +245,7 @@ def kernel_table(bandwidth, repeats):
         xt, wt = ms.Tensor(x), ms.Tensor(w32)
         y = np.empty((m, n), np.float32)
         fns = [lambda: mm(xt, wt).asnumpy(), lambda: kernel_build.call_aot(lib, "W8A16MatMul", [x, q, scale, y]),
-               lambda: kernel_build.call_aot(lib, "F16WMatMul", [x, w16, y])]
+               lambda: kernel_build.call_aot(lib, "FloatWMatMul", [x, w16, y])]
         for fn in fns:
             fn()                      # compile / warm up
         times = best_of(fns, repeats)
@@ -259,7 +274,7 @@ def kernel_table(bandwidth, repeats):
             def call():
                 w = copies[next(turn) % len(copies)]
                 args = [x, w, scale, y] if kind == "w8a16" else [x, w, y]
-                kernel_build.call_aot(lib, "W8A16MatMul" if kind == "w8a16" else "F16WMatMul", args)
+                kernel_build.call_aot(lib, "W8A16MatMul" if kind == "w8a16" else "FloatWMatMul", args)
 
             call()
             seconds = best_of([call], max(repeats, 2 * len(copies)))[0]
@@ -339,7 +354,8 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens to generate (cached decode)")
     parser.add_argument("--recompute-steps", type=int, default=2,
                         help="timed steps of recompute decoding (after one warm-up step; best is kept)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed generator runs (best is kept)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed generator runs of each network, FP32 and INT8 in turn (best is kept)")
     parser.add_argument("--parts", default="models,kernels",
                         help="comma-separated: models (the model table), kernels (the 13B-shape kernel table)")
     parser.add_argument("--kernel-repeats", type=int, default=3, help="timed calls per kernel (best is kept)")
@@ -370,13 +386,11 @@ def main(argv=None) -> int:
         net = build_model(model_config(name))       # N(0, 0.02) weights: the pre-training init
         net.set_train(False)
         sizes[name] = {"parameters": model_parameters(net.config), **MODELS[name]}
-        rows += bench_network((name, "fp32"), net, args, bandwidth)
         net8 = build_model(dataclasses.replace(net.config, weight_quant="int8"), allocate=False)
         quantize_into(net8, ((n, p.asnumpy()) for n, p in net.parameters_and_names()))
         net8.set_train(False)
-        del net
-        rows += bench_network((name, "int8"), net8, args, bandwidth)
-        del net8
+        rows += bench_networks(name, {"fp32": net, "int8": net8}, args, bandwidth)
+        del net, net8
         gc.collect()
     if models:
         memory = {models[-1]: weight_memory(models[-1])}
@@ -401,6 +415,10 @@ def main(argv=None) -> int:
                   f"{r['recompute_ms_per_step']:>18.1f}"
                   f"{r['recompute_ms_per_step'] / r['decode_ms_per_step']:>13.1f}x{r['step_weight_bytes'] / MB:>11.1f}"
                   f"{r['bound_ms']:>9.2f}{r['decode_over_bound']:>13.1f}{r['kv_cache_bytes_per_step'] / MB:>7.1f}")
+        fp32 = {(r["model"], r["batch"]): r["decode_ms_per_step"] for r in rows if r["weights"] == "fp32"}
+        print("INT8 / FP32 decode ms per step (interleaved runs): " + ", ".join(
+            f"{r['model']} b{r['batch']} {r['decode_ms_per_step'] / fp32[r['model'], r['batch']]:.2f}"
+            for r in rows if r["weights"] == "int8"))
         if not all(r["recompute_tokens_agree"] for r in rows):
             print("note: recompute and cached decoding chose different tokens in:",
                   [(r["model"], r["weights"], r["batch"]) for r in rows if not r["recompute_tokens_agree"]])

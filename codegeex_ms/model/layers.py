@@ -71,7 +71,11 @@ class Linear(nn.Cell):
     fewer than ``GEMM_MIN_ROWS`` rows (a decode step: it streams the weights on all cores), and for
     FP16 weights at any row count (widened in registers, no FP32 copy); otherwise MindSpore's
     MatMul. Each output is the same FP32 dot product either way (up to summation order). The bias
-    is added by :class:`RowBiasAdd` unsharded, by a broadcasting ``Add`` with a strategy sharded.
+    is added by a broadcasting ``Add`` with a strategy sharded; unsharded by :class:`RowBiasAdd` in
+    training and by its ``BiasAdd`` alone in inference (the same values): MindSpore keeps a Cell
+    with a custom ``bprop`` as a call it does not inline, and copies (``TensorMove``) every
+    parameter read on both sides of such a call once per forward, e.g. the tied word-embedding
+    table (the embedding lookup and the head) twice per decode step.
     """
 
     def __init__(self, in_features: int, out_features: int, spec: LinearSpec = LinearSpec()):
@@ -126,7 +130,12 @@ class Linear(nn.Cell):
         out_shape = x.shape[:-1] + (self.out_features,)
         x = self.reshape(self.cast(x, self.compute_dtype), (-1, self.in_features))
         y, bias = self._product(x), self.cast(self.bias, self.compute_dtype)
-        y = self.bias_add(y, bias) if self.sharded else self.row_bias_add(y, bias)
+        if self.sharded:
+            y = self.bias_add(y, bias)
+        elif self.training:
+            y = self.row_bias_add(y, bias)
+        else:
+            y = self.row_bias_add.add(y, bias)   # its BiasAdd without the bprop Cell (see the class)
         return self.reshape(y, out_shape)
 
 
