@@ -26,7 +26,7 @@ from codegeex_ms.data.masks import causal_mask, positions
 from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.kernel_build import call_aot
-from codegeex_ms.ops.w8a16 import GEMM_MIN_ROWS, float_weight_matmul, w8a16_matmul
+from codegeex_ms.ops.w8a16 import float_weight_matmul, w8a16_matmul
 from codegeex_ms.model.quant import quantize_into
 
 RNG = np.random.default_rng(99)
@@ -76,18 +76,17 @@ def isa_library(isa, monkeypatch):
 
 
 def check_all_kernels(lib, m, k, n, dtype):
-    """W8A16 on int8 weights, the float-weight kernel on FP16 and on FP32 weights."""
+    """W8A16 on int8 weights, the float-weight kernel on FP16 weights."""
     x, q, scale = case(m, k, n, dtype)
     y = np.full((m, n), np.nan, dtype)
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, y]) == 0
     ref, tol = bound(x, q, scale, dtype)
     assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
-    for w_dtype in (np.float16, np.float32):
-        w = RNG.standard_normal((n, k)).astype(w_dtype)
-        y = np.full((m, n), np.nan, dtype)
-        assert call_aot(lib, "FloatWMatMul", [x, w, y]) == 0
-        ref, tol = bound(x, w, None, dtype)
-        assert (np.abs(y.astype(np.float64) - ref) <= tol).all(), w_dtype
+    w16 = RNG.standard_normal((n, k)).astype(np.float16)
+    y = np.full((m, n), np.nan, dtype)
+    assert call_aot(lib, "FloatWMatMul", [x, w16, y]) == 0
+    ref, tol = bound(x, w16, None, dtype)
+    assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -127,21 +126,20 @@ def test_kernel_rejects_bad_arguments(lib):
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, np.empty((2, 4), np.float32)]) == 3           # y shape
     w16 = q.astype(np.float16)
     assert call_aot(lib, "FloatWMatMul", [x, w16, scale, y]) == 1                                     # arity
-    assert call_aot(lib, "FloatWMatMul", [x, q, y]) == 2                                              # float w
-    assert call_aot(lib, "FloatWMatMul", [x, w16.astype(np.float64), y]) == 2                         # f16/f32 w
+    assert call_aot(lib, "FloatWMatMul", [x, q, y]) == 2                                              # f16 w
+    assert call_aot(lib, "FloatWMatMul", [x, w16.astype(np.float32), y]) == 2                         # f16 w
     assert call_aot(lib, "FloatWMatMul", [x, w16, np.empty((2, 3), np.float16)]) == 2                 # y dtype
     assert call_aot(lib, "FloatWMatMul", [x, w16[:, :5].copy(), y]) == 3                              # K differs
     assert call_aot(lib, "FloatWMatMul", [x, w16, np.empty((3, 3), np.float32)]) == 3                 # y shape
 
 
 @pytest.mark.parametrize("x_dtype", ["float32", "float16"])
-@pytest.mark.parametrize("w_dtype", ["float16", "float32"])
-def test_float_weight_primitive_matches_numpy(x_dtype, w_dtype):
-    """The ops.Custom primitive of the float-weight kernel, as a model calls it (PyNative)."""
+def test_float_weight_primitive_matches_numpy(x_dtype):
+    """The ops.Custom primitive of the FP16-weight kernel, as a model calls it (PyNative)."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     f = float_weight_matmul("on")
     x = RNG.standard_normal((5, 70)).astype(x_dtype)
-    w = RNG.standard_normal((33, 70)).astype(w_dtype)
+    w = RNG.standard_normal((33, 70)).astype(np.float16)
     y = f(ms.Tensor(x), ms.Tensor(w)).asnumpy()
     assert y.shape == (5, 33) and y.dtype == np.dtype(x_dtype)
     ref, tol = bound(x, w, None, np.dtype(x_dtype).type)
@@ -183,31 +181,34 @@ class _Counting:
 
 
 @pytest.mark.parametrize("param_dtype", ["float32", "float16"])
-def test_float_linear_runs_the_kernel_where_it_is_faster(param_dtype):
-    """FP32-compute Linear in inference: the float-weight kernel for fewer than GEMM_MIN_ROWS rows
-    (FP32 weights) or any rows (FP16 weights); MatMul in training and for FP32 GEMMs. Both equal
-    x · Wᵀ + b within the kernel's bound plus the bias add's rounding."""
+def test_float_linear_runs_the_kernel_on_fp16_weights(param_dtype):
+    """FP32-compute Linear: the float-weight kernel in inference for FP16 weights (no FP32 copy
+    of them), MatMul in training and for FP32 weights. Both equal x · Wᵀ + b within the kernel's
+    bound plus the bias add's rounding."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     layer = Linear(37, 21, LinearSpec("float32", param_dtype, fused="on"))
+    assert (layer.fused_matmul is not None) == (param_dtype == "float16")
     w = RNG.standard_normal((21, 37)).astype(param_dtype)
     bias = (0.1 * RNG.standard_normal(21)).astype(np.float32)
     layer.weight.set_data(ms.Tensor(w))
     layer.bias.set_data(ms.Tensor(bias.astype(param_dtype)))
-    layer.fused_matmul = counting = _Counting(layer.fused_matmul)
+    if layer.fused_matmul is not None:
+        layer.fused_matmul = counting = _Counting(layer.fused_matmul)
     expected_calls = 0
-    for training, rows in ((False, 3), (False, GEMM_MIN_ROWS), (True, 3)):
+    for training in (False, True):
         layer.set_train(training)
-        x = RNG.standard_normal((rows, 37)).astype(np.float32)
+        x = RNG.standard_normal((3, 37)).astype(np.float32)
         y = layer(ms.Tensor(x)).asnumpy()
-        expected_calls += not training and (rows < GEMM_MIN_ROWS or param_dtype == "float16")
-        assert counting.calls == expected_calls, (training, rows)
+        if layer.fused_matmul is not None:
+            expected_calls += not training
+            assert counting.calls == expected_calls, training
         ref, tol = bound(x, w, None, np.float32)
         ref = ref + bias.astype(param_dtype).astype(np.float64)
         assert (np.abs(y - ref) <= tol + 2.0 ** -23 * np.abs(ref)).all()
 
 
 def test_shard_switches_the_layer_to_builtin_operators():
-    float_layer = Linear(8, 4, LinearSpec(fused="on"))
+    float_layer = Linear(8, 4, LinearSpec("float32", "float16", fused="on"))
     assert float_layer.fused_matmul is not None
     float_layer.shard_row(1, 2)
     assert float_layer.fused_matmul is None

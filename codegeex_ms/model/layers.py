@@ -13,7 +13,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from codegeex_ms.ops.fused import fused_layer_norm
-from codegeex_ms.ops.w8a16 import GEMM_MIN_ROWS, float_weight_matmul, w8a16_matmul
+from codegeex_ms.ops.w8a16 import float_weight_matmul, w8a16_matmul
 
 DTYPE = {"float16": ms.float16, "float32": ms.float32}
 
@@ -66,11 +66,11 @@ class Linear(nn.Cell):
     """``y = x · Wᵀ + b`` over the last axis: x [..., in] (any float dtype) → [..., out] in
     ``spec.compute_dtype``; ``weight`` [out, in], ``bias`` [out] (torch layout).
 
-    With FP32 compute on CPU, in inference (``set_train(False)``) and unsharded, the product runs
-    the float-weight kernel (``ops.w8a16.float_weight_matmul``, chosen by ``spec.fused``) for
-    fewer than ``GEMM_MIN_ROWS`` rows (a decode step: it streams the weights on all cores), and for
-    FP16 weights at any row count (widened in registers, no FP32 copy); otherwise MindSpore's
-    MatMul. Each output is the same FP32 dot product either way (up to summation order). The bias
+    FP16 weights with FP32 compute, on CPU, in inference (``set_train(False)``) and unsharded:
+    the product runs the float-weight kernel (``ops.w8a16.float_weight_matmul``, chosen by
+    ``spec.fused``), which widens the weights in registers instead of casting an FP32 copy each
+    call; otherwise MindSpore's MatMul. Each output is the same FP32 dot product either way (up to
+    summation order). The bias
     is added by a broadcasting ``Add`` with a strategy sharded; unsharded by :class:`RowBiasAdd` in
     training and by its ``BiasAdd`` alone in inference (the same values): MindSpore keeps a Cell
     with a custom ``bprop`` as a call it does not inline, and copies (``TensorMove``) every
@@ -85,7 +85,8 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), [out_features], DTYPE[spec.param_dtype]), name="bias")
         self.compute_dtype = DTYPE[spec.compute_dtype]
         self.matmul = ops.MatMul(transpose_b=True)
-        self.fused_matmul = float_weight_matmul(spec.fused) if spec.compute_dtype == "float32" else None
+        self.fused_matmul = (float_weight_matmul(spec.fused)
+                             if (spec.param_dtype, spec.compute_dtype) == ("float16", "float32") else None)
         self.bias_add = ops.Add()          # sharded layers (it carries the strategy)
         self.row_bias_add = RowBiasAdd()   # unsharded layers
         self.sharded = False
@@ -121,8 +122,7 @@ class Linear(nn.Cell):
 
     def _product(self, x):
         """``x`` [rows, in] (compute dtype) · Wᵀ → [rows, out]."""
-        if self.fused_matmul is not None and not self.training and (
-                x.shape[0] < GEMM_MIN_ROWS or self.weight.dtype != self.compute_dtype):
+        if self.fused_matmul is not None and not self.training:
             return self.fused_matmul(x, self.weight)
         return self.matmul(x, self.cast(self.weight, self.compute_dtype))
 

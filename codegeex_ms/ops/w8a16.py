@@ -7,10 +7,9 @@
 - ``y`` [M, N] in ``x``'s dtype: ``y = (x · weightᵀ) · scale``, FP32 accumulation, one rounding.
 
 ``float_weight_matmul(mode)`` returns a primitive ``f(x, weight) -> y`` with the same ``x`` and
-``y`` and ``weight`` [N, K] float16 or float32, ``y = x · weightᵀ`` (FP32 accumulation, no scale):
-e.g. logits from an FP16 word-embedding table without an FP32 copy of it, or a decode step's
-FP32 matmuls at the memory bandwidth (MindSpore's CPU MatMul streams a one-row product's weights
-at about half of it).
+``y`` and ``weight`` [N, K] float16, ``y = x · weightᵀ`` (FP32 accumulation, no scale): e.g.
+logits from an FP16 word-embedding table, or an FP16 Linear with FP32 compute, without an FP32
+copy of the weights.
 
 Both return ``None`` when the built-in operators should be used (``mode`` as for the other fused
 kernels: ``"off"``; ``"auto"`` off CPU or when the library cannot be built, with a one-line
@@ -30,12 +29,6 @@ from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.fused import check_mode
 
 KERNEL = "w8a16_matmul"
-GEMM_MIN_ROWS = 16
-"""From this many x rows the kernels run their blocked GEMM (``kGemmMinM`` in the .cc); below it
-the decode path, which streams the weights at the memory bandwidth on all threads where
-MindSpore's CPU MatMul keeps a one-row product on one thread (FP32 weights: one core, 13.5 vs
-13.6 GB/s; 8 rows 9.5 vs 5.7 GB/s). At GEMM sizes MindSpore's MatMul is the faster one for FP32
-weights."""
 SYMBOL = "W8A16MatMul"
 FLOAT_W_SYMBOL = "FloatWMatMul"
 ACTIVATION_TYPES = (ms.float16, ms.float32)
@@ -74,9 +67,8 @@ def _float_w_out_shape(x_shape, w_shape):
 
 
 def _float_w_out_dtype(x_dtype, w_dtype):
-    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) not in ACTIVATION_TYPES:
-        raise TypeError(f"float-weight matmul takes float16/float32 x and a float16/float32 weight; got "
-                        f"{x_dtype}, {w_dtype}")
+    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) != ms.float16:
+        raise TypeError(f"float-weight matmul takes float16/float32 x and a float16 weight; got {x_dtype}, {w_dtype}")
     return x_dtype
 
 
@@ -109,8 +101,8 @@ def w8a16_matmul(mode: str) -> Optional[ops.Custom]:
 
 
 def float_weight_matmul(mode: str) -> Optional[ops.Custom]:
-    """``f(x [M,K] f32|f16, weight [N,K] f16|f32) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or
-    None for the built-in operators (see the module docstring)."""
+    """``f(x [M,K] f32|f16, weight [N,K] f16) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or None
+    for the built-in operators (see the module docstring)."""
     lib = _library(mode, "float-weight matmul")
     if lib is None:
         return None
