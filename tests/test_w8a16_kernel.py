@@ -26,7 +26,7 @@ from codegeex_ms.data.masks import causal_mask, positions
 from codegeex_ms.model.quant import quantize_rows
 from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.kernel_build import call_aot
-from codegeex_ms.ops.w8a16 import float_weight_matmul, w8a16_matmul
+from codegeex_ms.ops.w8a16 import GEMM_MIN_ROWS, float_weight_matmul, w8a16_matmul
 from codegeex_ms.model.quant import quantize_into
 
 RNG = np.random.default_rng(99)
@@ -76,17 +76,18 @@ def isa_library(isa, monkeypatch):
 
 
 def check_all_kernels(lib, m, k, n, dtype):
-    """W8A16 on int8 weights, the float-weight kernel on FP16 weights."""
+    """W8A16 on int8 weights, the float-weight kernel on FP16 and on FP32 weights."""
     x, q, scale = case(m, k, n, dtype)
     y = np.full((m, n), np.nan, dtype)
     assert call_aot(lib, "W8A16MatMul", [x, q, scale, y]) == 0
     ref, tol = bound(x, q, scale, dtype)
     assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
-    w16 = RNG.standard_normal((n, k)).astype(np.float16)
-    y = np.full((m, n), np.nan, dtype)
-    assert call_aot(lib, "FloatWMatMul", [x, w16, y]) == 0
-    ref, tol = bound(x, w16, None, dtype)
-    assert (np.abs(y.astype(np.float64) - ref) <= tol).all()
+    for w_dtype in (np.float16, np.float32):
+        w = RNG.standard_normal((n, k)).astype(w_dtype)
+        y = np.full((m, n), np.nan, dtype)
+        assert call_aot(lib, "FloatWMatMul", [x, w, y]) == 0
+        ref, tol = bound(x, w, None, dtype)
+        assert (np.abs(y.astype(np.float64) - ref) <= tol).all(), w_dtype
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -127,19 +128,20 @@ def test_kernel_rejects_bad_arguments(lib):
     w16 = q.astype(np.float16)
     assert call_aot(lib, "FloatWMatMul", [x, w16, scale, y]) == 1                                     # arity
     assert call_aot(lib, "FloatWMatMul", [x, q, y]) == 2                                              # f16 w
-    assert call_aot(lib, "FloatWMatMul", [x, w16.astype(np.float32), y]) == 2                         # f16 w
+    assert call_aot(lib, "FloatWMatMul", [x, w16.astype(np.float64), y]) == 2                         # f16/f32 w
     assert call_aot(lib, "FloatWMatMul", [x, w16, np.empty((2, 3), np.float16)]) == 2                 # y dtype
     assert call_aot(lib, "FloatWMatMul", [x, w16[:, :5].copy(), y]) == 3                              # K differs
     assert call_aot(lib, "FloatWMatMul", [x, w16, np.empty((3, 3), np.float32)]) == 3                 # y shape
 
 
 @pytest.mark.parametrize("x_dtype", ["float32", "float16"])
-def test_float_weight_primitive_matches_numpy(x_dtype):
-    """The ops.Custom primitive of the FP16-weight kernel, as a model calls it (PyNative)."""
+@pytest.mark.parametrize("w_dtype", ["float16", "float32"])
+def test_float_weight_primitive_matches_numpy(x_dtype, w_dtype):
+    """The ops.Custom primitive of the float-weight kernel, as a model calls it (PyNative)."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     f = float_weight_matmul("on")
     x = RNG.standard_normal((5, 70)).astype(x_dtype)
-    w = RNG.standard_normal((33, 70)).astype(np.float16)
+    w = RNG.standard_normal((33, 70)).astype(w_dtype)
     y = f(ms.Tensor(x), ms.Tensor(w)).asnumpy()
     assert y.shape == (5, 33) and y.dtype == np.dtype(x_dtype)
     ref, tol = bound(x, w, None, np.dtype(x_dtype).type)
@@ -242,3 +244,21 @@ def test_int8_network_logits_equal_with_and_without_the_kernel():
     args = (ms.Tensor(ids), ms.Tensor(positions(2, 9)), ms.Tensor(causal_mask(2, 9)))
     on, off = (nets[f](*args).asnumpy().astype(np.float64) for f in ("on", "off"))
     assert np.abs(on - off).max() <= 1e-4 * (off.max() - off.min())
+
+
+def test_fp32_head_runs_the_kernel_for_decode_rows_only():
+    """An FP32 table with FP32 compute: the tied head uses the float-weight kernel in inference for
+    fewer than GEMM_MIN_ROWS rows (decode logits), MatMul for more; both equal h · tableᵀ."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    cfg = dataclasses.replace(load_config("ascend_configs/tiny.yaml").model, dropout=0.0, fused_kernels="on",
+                              param_dtype="float32", compute_dtype="float32")
+    net = build_model(cfg)
+    net.set_train(False)
+    net.head_fused = counting = _Counting(net.head_fused)
+    table = net.language_model.embedding.word_embeddings.weight.asnumpy()
+    for rows, calls in ((3, 1), (GEMM_MIN_ROWS, 1)):
+        h = RNG.standard_normal((1, rows, cfg.hidden_size)).astype(np.float32)
+        logits = net.logits(ms.Tensor(h)).asnumpy()
+        assert counting.calls == calls, rows
+        ref, tol = bound(h[0], table, None, np.float32)
+        assert (np.abs(logits[0] - ref) <= tol).all()

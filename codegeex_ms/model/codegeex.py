@@ -9,7 +9,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from codegeex_ms.model.layers import Embedding, LayerNorm, shard_dropout
-from codegeex_ms.ops.w8a16 import float_weight_matmul
+from codegeex_ms.ops.w8a16 import GEMM_MIN_ROWS, float_weight_matmul
 from codegeex_ms.model.transformer import TransformerLayer
 
 
@@ -125,7 +125,10 @@ class CodeGeeX(nn.Cell):
     kernel, or training: the kernel has no backward) the head multiplies by the table in chunks of
     ``HEAD_CHUNK_ROWS`` rows, each widened just before its matmul. Both equal one matmul with the
     widened table (each logit is the same dot product, FP32 sums). Otherwise (e.g. FP32 master
-    weights, FP16 compute) it casts the table once and runs one matmul.
+    weights, FP16 compute) it casts the table once and runs one matmul. An FP32 table with FP32
+    compute goes through the kernel in inference for fewer than ``GEMM_MIN_ROWS`` rows (decode
+    logits: the table streamed on all cores; measured faster than MindSpore's MatMul there, while
+    the layers' smaller FP32 matrices are faster on MatMul).
     """
 
     def __init__(self, cfg):
@@ -139,8 +142,8 @@ class CodeGeeX(nn.Cell):
         table_dtype = self.language_model.embedding.word_embeddings.weight.dtype
         widening = _ITEMSIZE[self.compute_dtype] > _ITEMSIZE[table_dtype]
         self.head_spans = head_chunks(cfg.vocab_size, HEAD_CHUNK_ROWS) if widening else ()
-        self.head_fused = (float_weight_matmul(cfg.fused_kernels)
-                           if widening and table_dtype == ms.float16 and self.compute_dtype == ms.float32 else None)
+        self.widening = widening
+        self.head_fused = float_weight_matmul(cfg.fused_kernels) if self.compute_dtype == ms.float32 else None
         self.slice = ops.Slice()
         self.concat = ops.Concat(axis=-1)
 
@@ -152,7 +155,7 @@ class CodeGeeX(nn.Cell):
         """Tied head: hidden [..., H] → FP32 logits [..., vocab_size] (kernel or chunks: see the class)."""
         weight = self.language_model.embedding.word_embeddings.weight
         flat = self.reshape(self.cast(hidden, self.compute_dtype), (-1, self.config.hidden_size))
-        if self.head_fused is not None and not self.training:
+        if self.head_fused is not None and not self.training and (self.widening or flat.shape[0] < GEMM_MIN_ROWS):
             out = self.head_fused(flat, weight)
         elif self.head_spans:
             parts = ()

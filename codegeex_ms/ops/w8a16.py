@@ -7,9 +7,9 @@
 - ``y`` [M, N] in ``x``'s dtype: ``y = (x · weightᵀ) · scale``, FP32 accumulation, one rounding.
 
 ``float_weight_matmul(mode)`` returns a primitive ``f(x, weight) -> y`` with the same ``x`` and
-``y`` and ``weight`` [N, K] float16, ``y = x · weightᵀ`` (FP32 accumulation, no scale): e.g.
-logits from an FP16 word-embedding table, or an FP16 Linear with FP32 compute, without an FP32
-copy of the weights.
+``y`` and ``weight`` [N, K] float16 or float32, ``y = x · weightᵀ`` (FP32 accumulation, no
+scale): e.g. logits from an FP16 word-embedding table or an FP16 Linear with FP32 compute without
+an FP32 copy of the weights, or a decode step's logits from an FP32 table on all cores.
 
 Both return ``None`` when the built-in operators should be used (``mode`` as for the other fused
 kernels: ``"off"``; ``"auto"`` off CPU or when the library cannot be built, with a one-line
@@ -29,6 +29,9 @@ from codegeex_ms.ops import kernel_build
 from codegeex_ms.ops.fused import check_mode
 
 KERNEL = "w8a16_matmul"
+GEMM_MIN_ROWS = 16
+"""From this many x rows the kernels run their blocked GEMM (``kGemmMinM`` in the .cc); below it
+their decode path, which streams the weights on all cores."""
 SYMBOL = "W8A16MatMul"
 FLOAT_W_SYMBOL = "FloatWMatMul"
 ACTIVATION_TYPES = (ms.float16, ms.float32)
@@ -67,8 +70,9 @@ def _float_w_out_shape(x_shape, w_shape):
 
 
 def _float_w_out_dtype(x_dtype, w_dtype):
-    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) != ms.float16:
-        raise TypeError(f"float-weight matmul takes float16/float32 x and a float16 weight; got {x_dtype}, {w_dtype}")
+    if _elem(x_dtype) not in ACTIVATION_TYPES or _elem(w_dtype) not in ACTIVATION_TYPES:
+        raise TypeError(f"float-weight matmul takes float16/float32 x and a float16/float32 weight; got "
+                        f"{x_dtype}, {w_dtype}")
     return x_dtype
 
 
@@ -101,8 +105,8 @@ def w8a16_matmul(mode: str) -> Optional[ops.Custom]:
 
 
 def float_weight_matmul(mode: str) -> Optional[ops.Custom]:
-    """``f(x [M,K] f32|f16, weight [N,K] f16) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or None
-    for the built-in operators (see the module docstring)."""
+    """``f(x [M,K] f32|f16, weight [N,K] f16|f32) -> [M,N]`` in x's dtype, ``x · weightᵀ``, or
+    None for the built-in operators (see the module docstring)."""
     lib = _library(mode, "float-weight matmul")
     if lib is None:
         return None

@@ -2,7 +2,8 @@
 // only (no backward):
 //
 //   W8A16MatMul(x, w, scale, y):  y[m, n] = scale[n] * sum_k x[m, k] * w[n, k],  w int8 [N, K]
-//   FloatWMatMul(x, w, y):        y[m, n] =            sum_k x[m, k] * w[n, k],  w float16 [N, K]
+//   FloatWMatMul(x, w, y):        y[m, n] =            sum_k x[m, k] * w[n, k],  w float16 or
+//                                                                                float32 [N, K]
 //
 // x [M, K] float32 or float16 activations, scale [N] float32 per-output-row scales, y [M, N] in
 // x's dtype (torch layout [out, in] for w). The weights are widened to FP32 exactly (w8::Widen) and
@@ -354,9 +355,11 @@ extern "C" int FloatWMatMul(int nparam, void **params, int *ndims, int64_t **sha
   if (nparam != 3) return cg::kBadArity;
   cg::DType xt;
   int64_t M, K, N;
-  if (cg::ParseDType(dtypes[1]) != cg::DType::kF16) return cg::kBadDType;
+  const cg::DType wt = cg::ParseDType(dtypes[1]);
+  if (wt != cg::DType::kF16 && wt != cg::DType::kF32) return cg::kBadDType;
   const int status = CheckMatmul(0, 1, 2, ndims, shapes, dtypes, &xt, &M, &K, &N);
   if (status != cg::kOk) return status;
+  if (wt == cg::DType::kF32) return Run(xt, params[0], static_cast<const float *>(params[1]), nullptr, M, K, N, params[2]);
   return Run(xt, params[0], static_cast<const half_t *>(params[1]), nullptr, M, K, N, params[2]);
 }
 

@@ -1,7 +1,7 @@
 // FP32 vector helpers of the W8A16 / float-weight matmul kernels, one set per ISA, chosen at compile time:
 //   AVX-512F: 16 lanes;  AVX2 + FMA + F16C: 8 lanes;  otherwise: 1 lane (plain float, portable).
 // Weights are widened to FP32 in registers: Widen(int8 *) sign-extends and converts exactly,
-// Widen(half *) converts FP16 exactly (F16C / AVX-512 vcvtph2ps). Fma is one rounding where the
+// Widen(half *) converts FP16 exactly (F16C / AVX-512 vcvtph2ps), Widen(float *) only loads. Fma is one rounding where the
 // ISA has FMA (the kernels are compiled with -ffp-contract=off, so nothing else fuses).
 #ifndef CODEGEEX_KERNELS_W8A16_SIMD_H_
 #define CODEGEEX_KERNELS_W8A16_SIMD_H_
@@ -33,6 +33,7 @@ inline V Widen(const int8_t *p) {
 inline V Widen(const cg::half_t *p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
 }
+inline V Widen(const float *p) { return Load(p); }
 #elif defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 constexpr int kLanes = 8;
 constexpr const char *kIsa = "avx2";
@@ -55,6 +56,7 @@ inline V Widen(const int8_t *p) {
 inline V Widen(const cg::half_t *p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
 }
+inline V Widen(const float *p) { return Load(p); }
 #else
 constexpr int kLanes = 1;
 constexpr const char *kIsa = "scalar";
@@ -68,9 +70,10 @@ inline V Add(V a, V b) { return a + b; }
 inline float Sum(V v) { return v; }
 inline V Widen(const int8_t *p) { return static_cast<float>(*p); }
 inline V Widen(const cg::half_t *p) { return static_cast<float>(*p); }
+inline V Widen(const float *p) { return *p; }
 #endif
 
-// dst[i] = float(src[i]) for i < n (exact for int8 and FP16).
+// dst[i] = float(src[i]) for i < n (exact for int8, FP16 and FP32).
 template <typename W>
 inline void WidenRow(const W *src, float *dst, int64_t n) {
   int64_t i = 0;
