@@ -42,8 +42,11 @@ class LinearSpec:
 class RowBiasAdd(nn.Cell):
     """``x [rows, n] + b [n]``, bit for bit a broadcasting ``Add``, faster on CPU: the forward is
     MindSpore's ``BiasAdd`` (~2× a broadcasting Add at [1024, 4096] on CPU) and the bias gradient a
-    ``ReduceSum`` over rows (``BiasAddGrad`` is the slower one there). For unsharded layers: a
-    sharded :class:`Linear` uses ``ops.Add`` with a strategy instead."""
+    ``ReduceSum`` over rows (``BiasAddGrad`` is the slower one there). For unsharded layers in
+    training: a sharded :class:`Linear` uses ``ops.Add`` with a strategy, and inference calls
+    ``add`` alone, because MindSpore keeps a Cell with a custom ``bprop`` as a call it does not
+    inline and copies (``TensorMove``) every parameter read on both sides of it once per forward
+    (the tied word-embedding table twice per decode step)."""
 
     def __init__(self):
         super().__init__()
@@ -70,12 +73,10 @@ class Linear(nn.Cell):
     the product runs the float-weight kernel (``ops.w8a16.float_weight_matmul``, chosen by
     ``spec.fused``), which widens the weights in registers instead of casting an FP32 copy each
     call; otherwise MindSpore's MatMul. Each output is the same FP32 dot product either way (up to
-    summation order). The bias
-    is added by a broadcasting ``Add`` with a strategy sharded; unsharded by :class:`RowBiasAdd` in
-    training and by its ``BiasAdd`` alone in inference (the same values): MindSpore keeps a Cell
-    with a custom ``bprop`` as a call it does not inline, and copies (``TensorMove``) every
-    parameter read on both sides of such a call once per forward, e.g. the tied word-embedding
-    table (the embedding lookup and the head) twice per decode step.
+    summation order).
+
+    The bias is added by a broadcasting ``Add`` with a strategy when sharded; unsharded by
+    :class:`RowBiasAdd` in training and by its ``BiasAdd`` alone in inference (the same values).
     """
 
     def __init__(self, in_features: int, out_features: int, spec: LinearSpec = LinearSpec()):
